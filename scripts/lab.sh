@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: open the sfn-teach notebooks in JupyterLab (installing what is missing first).
+# Extra arguments go to `jupyter lab`, e.g. scripts/lab.sh --no-browser --port 8899
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck disable=SC1091
+. scripts/setup.sh
+extra=()
+[ "$(id -u)" = 0 ] && extra+=(--allow-root)
+exec jupyter lab --notebook-dir=notebooks "${extra[@]}" "$@"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install sfn-teach with its dev tools into it.
+# Sourced by scripts/lab.sh and scripts/test.sh; safe to run again (installs only what is missing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+        || { echo "sfn-teach needs Python >= 3.10 (found $("$PYTHON" --version))" >&2; exit 1; }
+    "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+pip_quiet() { python -m pip install --disable-pip-version-check -q "$@"; }
+
+# torch first, pinned: on the project's CPU machines torch==2.13.0 is the local CPU build, whereas an
+# unpinned torch pulls a multi-GB CUDA build. Set SFN_TEACH_TORCH to choose another spec.
+if ! python -c 'import torch' 2>/dev/null; then
+    echo "installing ${SFN_TEACH_TORCH:-torch==2.13.0} ..."
+    pip_quiet "${SFN_TEACH_TORCH:-torch==2.13.0}"
+fi
+if ! python -c 'import sfn_teach, pytest, nbclient, playwright, mpmath' 2>/dev/null \
+        || [ pyproject.toml -nt .venv/.sfn-teach-installed ]; then
+    echo "installing sfn-teach and its dependencies into .venv ..."
+    pip_quiet -e ".[dev]"
+    touch .venv/.sfn-teach-installed
+fi

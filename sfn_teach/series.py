@@ -1,0 +1,376 @@
+"""The series of Hessian-vector products for the saddle-free Newton direction.
+
+Everything here works on a symmetric, possibly indefinite operator ``H`` given only through
+``hvp(v) = H v``. The target is the damped saddle-free Newton direction
+
+    Δ* = (|H| + λI)⁻¹ g,        |H| = Σ_i |h_i| q_i q_iᵀ = (H²)^½.
+
+Per eigenvalue ``h`` of ``H``, with the scale ``V > 0``, ``d = λ/√V`` and ``x = 1 − h²/V``,
+
+    1/(|h| + λ) = V^(-½) · 1/(√(1 − x) + d) = V^(-½) Σ_k c_k x^k,
+
+so replacing ``x`` by the matrix ``I − H²/V`` gives a series that needs only products with ``H``:
+
+    v_0 = g,   v_k = v_{k−1} − H(H v_{k−1})/V,   S_j = Σ_{k≤j} c_k v_k,   Δ_K = V^(-½) S_{K−1}.
+
+The ``K`` terms cost ``2(K − 1)`` Hessian-vector products. The truncated series applies the
+scalar polynomial ``φ_K(h) = V^(-½) Σ_{k<K} c_k (1 − h²/V)^k`` to each eigen-component of ``g``
+(:func:`spectral_filter`); it converges to ``1/(|h| + λ)`` if and only if ``0 < h² ≤ 2V``
+(for ``λ > 0`` also at ``h = 0``). Wynn's ε-algorithm (:func:`wynn_epsilon`) accelerates it.
+
+The *quasi-damped* variant targets ``(H² + λI)^(-½) g`` instead: ``x = 1 − (h² + λ)/V`` and
+the undamped coefficients ``a_k = C(2k, k)/4^k``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+KINDS = ("damped", "quasi-damped")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers (shared by every public function of the module)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def _check_real(name: str, value, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        valid = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be finite and {valid}, got {value}")
+    return value
+
+
+def _check_kind(kind) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+# --------------------------------------------------------------------------------------------
+# Coefficients
+# --------------------------------------------------------------------------------------------
+
+
+def sqrt_coefficients(num_terms: int) -> torch.Tensor:
+    """Taylor coefficients of ``√(1 − x) = Σ_j b_j x^j``, float64.
+
+    ``b_j = (−1)^j binom(½, j)``: ``b_0 = 1`` and ``b_j = b_{j−1} (j − 3/2)/j``, so that
+    ``b_1 = −½, b_2 = −⅛, …``; every ``b_j`` with ``j ≥ 1`` is negative.
+    """
+    _check_int("num_terms", num_terms, 1)
+    b = torch.empty(num_terms, dtype=torch.float64)
+    b[0] = 1.0
+    for j in range(1, num_terms):
+        b[j] = b[j - 1] * (j - 1.5) / j
+    return b
+
+
+def series_coefficients(
+    num_terms: int, damping: float = 0.0, scale: float = 1.0, kind: str = "damped"
+) -> torch.Tensor:
+    """The coefficients ``c_0, …, c_{K−1}`` of ``1/(√(1 − x) + d) = Σ_k c_k x^k``, float64.
+
+    ``d = λ/√V`` with ``λ = damping`` and ``V = scale``. They come from power-series division
+    of ``1`` by ``√(1 − x) + d = (1 + d) + Σ_{j≥1} b_j x^j``:
+
+        c_0 = 1/(1 + d),    c_k = −(Σ_{j=1..k} b_j c_{k−j}) / (1 + d).
+
+    Since ``b_j < 0`` for ``j ≥ 1``, every term of the sum is positive: no cancellation, so
+    the coefficients are accurate to a few ulps for every ``d ≥ 0``, including ``d = 1``
+    (``λ² = V``), where the reference recurrence ``c_k = −(c_{k−1} + b_k)/(d² − 1)`` divides
+    by zero. For ``d = 0`` they are ``a_k = C(2k, k)/4^k = a_{k−1}(2k − 1)/(2k)``.
+
+    ``kind="quasi-damped"`` returns the undamped ``a_k`` whatever the damping: that variant
+    puts ``λ`` into ``x = 1 − (h² + λ)/V`` instead.
+    """
+    _check_int("num_terms", num_terms, 1)
+    damping = _check_real("damping", damping, positive=False)
+    scale = _check_real("scale", scale, positive=True)
+    d = 0.0 if _check_kind(kind) == "quasi-damped" else damping / math.sqrt(scale)
+    b = sqrt_coefficients(num_terms)
+    c = torch.empty(num_terms, dtype=torch.float64)
+    c[0] = 1.0 / (1.0 + d)
+    for k in range(1, num_terms):
+        c[k] = -torch.dot(b[1 : k + 1], c[:k].flip(0)) / (1.0 + d)
+    return c
+
+
+# --------------------------------------------------------------------------------------------
+# The scalar picture: the polynomial filter the series applies to each eigenvalue
+# --------------------------------------------------------------------------------------------
+
+
+def _series_variable(h: torch.Tensor, scale: float, damping: float, kind: str) -> torch.Tensor:
+    """``x = 1 − h²/V`` (damped) or ``x = 1 − (h² + λ)/V`` (quasi-damped)."""
+    shift = damping if kind == "quasi-damped" else 0.0
+    return 1.0 - (h * h + shift) / scale
+
+
+def spectral_filter(
+    h: torch.Tensor,
+    num_terms: int,
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+) -> torch.Tensor:
+    """The scalar ``φ_K(h) = V^(-½) Σ_{k<K} c_k (1 − h²/V)^k`` for each eigenvalue in ``h``.
+
+    The truncated series multiplies the component of ``g`` along ``q_i`` by ``φ_K(h_i)``.
+    The target is ``1/(|h| + λ)`` (damped) or ``(h² + λ)^(-½)`` (quasi-damped); the series
+    converges to it if and only if ``|x| ≤ 1`` with ``x ≠ 1``, i.e. ``0 < h² ≤ 2V`` (damped),
+    and diverges geometrically like ``|x|^K`` beyond ``|h| = √(2V)``. Evaluated by Horner's
+    rule in float64 (or the dtype of ``h`` if wider).
+    """
+    _check_int("num_terms", num_terms, 1)
+    scale = _check_real("scale", scale, positive=True)
+    damping = _check_real("damping", damping, positive=False)
+    h = torch.as_tensor(h)
+    dtype = torch.promote_types(h.dtype, torch.float64)
+    x = _series_variable(h.to(dtype), scale, damping, _check_kind(kind))
+    c = series_coefficients(num_terms, damping, scale, kind).to(dtype=dtype, device=h.device)
+    total = torch.zeros_like(x)
+    for ck in c.flip(0):
+        total = total * x + ck
+    return total / math.sqrt(scale)
+
+
+def filter_target(h: torch.Tensor, damping: float = 0.0, kind: str = "damped") -> torch.Tensor:
+    """The function the series approximates: ``1/(|h| + λ)`` or, quasi-damped, ``(h² + λ)^(-½)``."""
+    damping = _check_real("damping", damping, positive=False)
+    h = torch.as_tensor(h).to(torch.promote_types(torch.as_tensor(h).dtype, torch.float64))
+    if _check_kind(kind) == "quasi-damped":
+        return (h * h + damping).rsqrt()
+    return 1.0 / (h.abs() + damping)
+
+
+# --------------------------------------------------------------------------------------------
+# Wynn's vector ε-algorithm
+# --------------------------------------------------------------------------------------------
+
+
+def _samelson_inverse(w: torch.Tensor) -> torch.Tensor:
+    """The Samelson inverse of a vector, ``w⁻¹ = w / (wᵀw)``."""
+    return w / torch.dot(w, w)
+
+
+def wynn_epsilon(
+    partial_sums: Sequence[torch.Tensor], order: int, sablonniere: bool = False
+) -> torch.Tensor:
+    """Wynn's vector ε-algorithm of order ``r`` on the last ``2r + 1`` partial sums.
+
+    With ``S_0, …, S_{2r}`` the last ``2r + 1`` items (re-indexed from 0),
+
+        ε_{−1}^{(m)} = 0,   ε_0^{(m)} = S_m,
+        ε_s^{(m)} = ε_{s−2}^{(m+1)} + σ_s · (ε_{s−1}^{(m+1)} − ε_{s−1}^{(m)})⁻¹,
+
+    with the Samelson inverse ``w⁻¹ = w/(wᵀw)``; the result is ``ε_{2r}^{(0)}``. ``σ_s = 1``
+    is the plain algorithm (as in the published runs); ``sablonniere=True`` uses
+    ``σ_s = ⌊s/2⌋ + 1``, Sablonnière's modification for logarithmically convergent sequences.
+    Order 0 returns the last partial sum. For a sequence ``S + a qⁿ`` order 1 is exact.
+
+    The result is not finite when two neighbouring entries of a column coincide (the
+    sequence has already converged); :func:`sfn_series` then falls back to the plain sum.
+    """
+    order = _check_int("order", order, 0)
+    if not isinstance(sablonniere, bool):
+        raise TypeError(f"sablonniere must be a bool, got {sablonniere!r}")
+    if len(partial_sums) < 2 * order + 1:
+        raise ValueError(
+            f"order={order} needs at least 2*order+1 = {2 * order + 1} partial sums, "
+            f"got {len(partial_sums)}"
+        )
+    column_before = [torch.zeros_like(partial_sums[-1])] * (2 * order + 1)  # ε_{−1}
+    column = list(partial_sums[len(partial_sums) - (2 * order + 1) :])  # ε_0
+    for s in range(1, 2 * order + 1):
+        sigma = (s // 2 + 1) if sablonniere else 1
+        next_column = [
+            column_before[m + 1] + sigma * _samelson_inverse(column[m + 1] - column[m])
+            for m in range(len(column) - 1)
+        ]
+        column_before, column = column, next_column
+    return column[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The series on an operator
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeriesResult:
+    """The direction of :func:`sfn_series` and what was seen while summing it.
+
+    ``term_norms[k] = ‖v_k‖`` and ``partial_sum_norms[j] = ‖V^(-½) S_j‖``. When every
+    ``h² ≤ 2V`` the terms can only shrink, ``‖v_k‖ ≤ ‖v_{k−1}‖``, because ``|1 − h²/V| ≤ 1``;
+    a growing term therefore proves an eigenvalue with ``h² > 2V``, whose component grows
+    geometrically in every later term and partial sum: ``diverging`` is then set.
+    ``square_of_grad`` is ``H²g``, the first product pair (``None`` when ``K = 1``); the
+    ``lower_bound`` scale rule reads ``‖H²g‖/‖g‖`` from it.
+    """
+
+    direction: torch.Tensor
+    num_hvps: int
+    term_norms: list[float] = field(default_factory=list)
+    partial_sum_norms: list[float] = field(default_factory=list)
+    diverging: bool = False
+    acceleration_failed: bool = False
+    square_of_grad: torch.Tensor | None = None
+
+
+#: relative growth of a series term above which it counts as growing (rounding is far below)
+GROWTH_TOLERANCE = 1e-6
+
+
+def sfn_series(
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+    grad: torch.Tensor,
+    num_terms: int,
+    scale: float,
+    damping: float = 0.0,
+    acceleration_order: int = 0,
+    sablonniere: bool = False,
+    kind: str = "damped",
+    square_of_grad: torch.Tensor | None = None,
+) -> SeriesResult:
+    """Sum the series for ``Δ ≈ (|H| + λI)⁻¹ g`` and return it with diagnostics.
+
+    The recurrence (two Hessian-vector products per term; ``K = num_terms``)::
+
+        v_0 = g,   v_k = v_{k−1} − H(H v_{k−1})/V                          (damped)
+                   v_k = (1 − λ/V) v_{k−1} − H(H v_{k−1})/V                 (quasi-damped)
+        S_j = Σ_{k≤j} c_k v_k,   Δ = V^(-½) S_{K−1}
+
+    With ``acceleration_order = r ≥ 1``, ``Δ = V^(-½) ε_{2r}`` from :func:`wynn_epsilon` on
+    ``S_{K−2r−1}, …, S_{K−1}`` (needs ``K ≥ 2r + 1``). If the ε-table breaks down (a zero
+    difference: the sums have already converged) the plain ``S_{K−1}`` is used and
+    ``acceleration_failed`` is set.
+
+    ``square_of_grad``, when given, is ``H(Hg)`` already computed by the caller; it is used
+    as the first product pair (and counted), so the total stays ``2(K − 1)`` products.
+    """
+    num_terms = _check_int("num_terms", num_terms, 1)
+    scale = _check_real("scale", scale, positive=True)
+    damping = _check_real("damping", damping, positive=False)
+    acceleration_order = _check_int("acceleration_order", acceleration_order, 0)
+    kind = _check_kind(kind)
+    if not isinstance(grad, torch.Tensor) or grad.dim() != 1:
+        raise ValueError("grad must be a 1-D (flat) tensor")
+    if num_terms < 2 * acceleration_order + 1:
+        raise ValueError(
+            f"num_terms must be >= 2*acceleration_order+1 = {2 * acceleration_order + 1} "
+            f"(Wynn's ε-algorithm of order {acceleration_order} needs that many partial sums), "
+            f"got num_terms={num_terms}"
+        )
+    coefficients = series_coefficients(num_terms, damping, scale, kind).tolist()
+    keep_factor = 1.0 - damping / scale if kind == "quasi-damped" else 1.0
+    root_scale = math.sqrt(scale)
+
+    term = grad
+    partial_sum = coefficients[0] * term
+    result = SeriesResult(direction=grad, num_hvps=0)
+    result.term_norms.append(float(term.norm()))
+    result.partial_sum_norms.append(float(partial_sum.norm()) / root_scale)
+    window = [partial_sum]  # the last 2r+1 partial sums, for the ε-algorithm
+    for k in range(1, num_terms):
+        if k == 1 and square_of_grad is not None:
+            square = square_of_grad
+        else:
+            square = hvp(hvp(term))
+        result.num_hvps += 2
+        if k == 1:
+            result.square_of_grad = square
+        term = keep_factor * term - square / scale
+        partial_sum = partial_sum + coefficients[k] * term
+        window = (window + [partial_sum])[-(2 * acceleration_order + 1) :]
+        result.term_norms.append(float(term.norm()))
+        result.partial_sum_norms.append(float(partial_sum.norm()) / root_scale)
+        if result.term_norms[-1] > (1 + GROWTH_TOLERANCE) * result.term_norms[-2]:
+            result.diverging = True
+
+    summed = partial_sum
+    if acceleration_order > 0:
+        accelerated = wynn_epsilon(window, acceleration_order, sablonniere)
+        if torch.isfinite(accelerated).all():
+            summed = accelerated
+        else:
+            result.acceleration_failed = True
+    result.direction = summed / root_scale
+    return result
+
+
+def sfn_direction(
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+    grad: torch.Tensor,
+    num_terms: int,
+    scale: float,
+    damping: float = 0.0,
+    acceleration_order: int = 0,
+    sablonniere: bool = False,
+    kind: str = "damped",
+    diagnostics: dict | None = None,
+) -> torch.Tensor:
+    """``Δ ≈ (|H| + λI)⁻¹ g`` by ``K`` terms of the series, from ``hvp(v) = H v`` alone.
+
+    ``Δ = V^(-½) Σ_{k<K} c_k v_k`` with ``v_0 = g`` and ``v_k = (I − H²/V) v_{k−1}``, using
+    ``2(K − 1)`` calls of ``hvp``; optionally accelerated by Wynn's ε-algorithm of order
+    ``r = acceleration_order`` (needs ``K ≥ 2r + 1``). See :func:`sfn_series` for the exact
+    recurrence of each ``kind``.
+
+    Pass a dict as ``diagnostics`` to get back ``num_hvps``, ``term_norms``,
+    ``partial_sum_norms``, ``diverging`` and ``acceleration_failed`` (see
+    :class:`SeriesResult`); the return value does not change.
+    """
+    result = sfn_series(
+        hvp, grad, num_terms, scale, damping, acceleration_order, sablonniere, kind
+    )
+    if diagnostics is not None:
+        diagnostics.update(
+            num_hvps=result.num_hvps,
+            term_norms=result.term_norms,
+            partial_sum_norms=result.partial_sum_norms,
+            diverging=result.diverging,
+            acceleration_failed=result.acceleration_failed,
+        )
+    return result.direction
+
+
+# --------------------------------------------------------------------------------------------
+# Exact references by eigendecomposition
+# --------------------------------------------------------------------------------------------
+
+
+def exact_sfn_direction(
+    hessian: torch.Tensor, grad: torch.Tensor, damping: float = 0.0, kind: str = "damped"
+) -> torch.Tensor:
+    """The exact damped saddle-free Newton direction ``(|H| + λI)⁻¹ g``, by eigendecomposition.
+
+    ``H = Q diag(h) Qᵀ`` (``torch.linalg.eigh``), so ``(|H| + λI)⁻¹ g = Q diag(1/(|h| + λ)) Qᵀ g``;
+    quasi-damped: ``Q diag((h² + λ)^(-½)) Qᵀ g``. With ``λ = 0`` and a singular ``H`` the
+    direction is infinite along the null space (the result then holds ``inf``/``nan``).
+    """
+    if hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
+        raise ValueError(f"hessian must be a square matrix, got shape {tuple(hessian.shape)}")
+    if grad.shape != (hessian.shape[0],):
+        raise ValueError(
+            f"grad must have shape ({hessian.shape[0]},) to match the hessian, "
+            f"got {tuple(grad.shape)}"
+        )
+    eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
+    weights = filter_target(eigenvalues, damping, kind).to(grad.dtype)
+    return eigenvectors @ (weights * (eigenvectors.T @ grad))
