@@ -24,6 +24,7 @@ the undamped coefficients ``a_k = C(2k, k)/4^k``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,12 @@ def series_coefficients(
     for k in range(1, num_terms):
         c[k] = -torch.dot(b[1 : k + 1], c[:k].flip(0)) / (1.0 + d)
     return c
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_coefficients(num_terms, damping, scale, kind):
+    """``series_coefficients`` as a tuple of floats, remembered (an optimiser asks every step)."""
+    return tuple(series_coefficients(num_terms, damping, scale, kind).tolist())
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,40 +284,48 @@ def sfn_series(
             f"(Wynn's ε-algorithm of order {acceleration_order} needs that many partial sums), "
             f"got num_terms={num_terms}"
         )
-    coefficients = series_coefficients(num_terms, damping, scale, kind).tolist()
+    coefficients = _cached_coefficients(num_terms, damping, scale, kind)
     keep_factor = 1.0 - damping / scale if kind == "quasi-damped" else 1.0
-    root_scale = math.sqrt(scale)
+    window_size = 2 * acceleration_order + 1
 
+    # The loop runs one tensor operation per line and never waits for a value (norms stay
+    # tensors until the end): cheap for a 2-D toy, and no host synchronisation on a GPU.
     term = grad
-    partial_sum = coefficients[0] * term
-    result = SeriesResult(direction=grad, num_hvps=0)
-    result.term_norms.append(float(term.norm()))
-    result.partial_sum_norms.append(float(partial_sum.norm()) / root_scale)
+    partial_sum = coefficients[0] * grad
+    term_norms, sum_norms = [term.norm()], [partial_sum.norm()]
     window = [partial_sum]  # the last 2r+1 partial sums, for the ε-algorithm
+    first_square = square_of_grad
     for k in range(1, num_terms):
-        if k == 1 and square_of_grad is not None:
-            square = square_of_grad
-        else:
-            square = hvp(hvp(term))
-        result.num_hvps += 2
+        square = first_square if k == 1 and first_square is not None else hvp(hvp(term))
         if k == 1:
-            result.square_of_grad = square
-        term = keep_factor * term - square / scale
-        partial_sum = partial_sum + coefficients[k] * term
-        window = (window + [partial_sum])[-(2 * acceleration_order + 1) :]
-        result.term_norms.append(float(term.norm()))
-        result.partial_sum_norms.append(float(partial_sum.norm()) / root_scale)
-        if result.term_norms[-1] > (1 + GROWTH_TOLERANCE) * result.term_norms[-2]:
-            result.diverging = True
+            first_square = square
+        if keep_factor != 1.0:
+            term = keep_factor * term
+        term = term.add(square, alpha=-1.0 / scale)  # v_k = v_{k−1} − H²v_{k−1}/V
+        partial_sum = partial_sum.add(term, alpha=coefficients[k])  # S_k = S_{k−1} + c_k v_k
+        window = (window + [partial_sum])[-window_size:]
+        term_norms.append(term.norm())
+        sum_norms.append(partial_sum.norm())
 
-    summed = partial_sum
+    root_scale = math.sqrt(scale)
+    term_norms = torch.stack(term_norms).tolist()
+    result = SeriesResult(
+        direction=partial_sum / root_scale,
+        num_hvps=2 * (num_terms - 1),
+        term_norms=term_norms,
+        partial_sum_norms=[n / root_scale for n in torch.stack(sum_norms).tolist()],
+        diverging=any(
+            later > (1 + GROWTH_TOLERANCE) * earlier
+            for earlier, later in zip(term_norms, term_norms[1:])
+        ),
+        square_of_grad=first_square,
+    )
     if acceleration_order > 0:
         accelerated = wynn_epsilon(window, acceleration_order, sablonniere)
         if torch.isfinite(accelerated).all():
-            summed = accelerated
+            result.direction = accelerated / root_scale
         else:
             result.acceleration_failed = True
-    result.direction = summed / root_scale
     return result
 
 
