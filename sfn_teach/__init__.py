@@ -9,7 +9,7 @@ Modules, each with one job:
 - :mod:`sfn_teach.series`: the series coefficients, the truncated series on any operator
   ``v ↦ Hv``, Wynn's ε acceleration, the spectral filter and exact eigen-references;
 - :mod:`sfn_teach.hvp`: matrix-free Hessian-vector products and power iteration;
-- :mod:`sfn_teach.optim`: the ``SeriesSFN`` optimiser, and ``ExactSFN``/``Newton`` for small problems.
+- :mod:`sfn_teach.optim`: the ``SeriesSFN`` optimiser; ``ExactSFN``, ``Newton`` for small problems.
 """
 
 __version__ = "0.1.0"
