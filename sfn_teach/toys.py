@@ -124,56 +124,63 @@ def _points(kind, *points):
     return tuple(CriticalPoint(point, kind) for point in points)
 
 
-TOYS: dict[str, Toy] = {
-    toy.key: toy
-    for toy in (
-        Toy(
-            "paper", "the paper's toy saddle", r"2x^2 + 2xy - y^2", _paper,
-            ((-2.0, 2.0), (-2.0, 2.0)), _points("saddle", (0.0, 0.0)), (-0.75, -0.75), 25.0, 0.1,
+_TOY_LIST = (
+    Toy(
+        key="paper", name="the paper's toy saddle", formula=r"2x^2 + 2xy - y^2", f=_paper,
+        box=((-2.0, 2.0), (-2.0, 2.0)), critical_points=_points("saddle", (0.0, 0.0)),
+        start=(-0.75, -0.75), scale=25.0, lr=0.1,
+    ),
+    Toy(
+        key="saddle", name="a quadratic saddle", formula=r"x^2 - y^2", f=_saddle,
+        box=((-1.5, 1.5), (-1.5, 1.5)), critical_points=_points("saddle", (0.0, 0.0)),
+        start=(1.0, 0.05), scale=4.0, lr=0.1,
+    ),
+    Toy(
+        key="monkey", name="the monkey saddle", formula=r"x^3 - 3xy^2", f=_monkey,
+        box=((-1.5, 1.5), (-1.5, 1.5)), critical_points=_points("monkey saddle", (0.0, 0.0)),
+        start=(0.8, 0.05), scale=50.0, lr=0.1,
+    ),
+    Toy(
+        key="double_well", name="a saddle between two minima",
+        formula=r"\frac{x^4}{4} - \frac{x^2}{2} + \frac{y^2}{2}", f=_double_well,
+        box=((-2.0, 2.0), (-1.5, 1.5)),
+        critical_points=_points("minimum", (-1.0, 0.0), (1.0, 0.0))
+        + _points("saddle", (0.0, 0.0)),
+        start=(0.02, 1.2), scale=25.0, lr=0.1,
+    ),
+    Toy(
+        key="rosenbrock", name=f"Rosenbrock's valley (a = {ROSENBROCK_A:g}, b = {ROSENBROCK_B:g})",
+        formula=rf"({ROSENBROCK_A:g} - x)^2 + {ROSENBROCK_B:g}\,(y - x^2)^2", f=_rosenbrock,
+        box=((-2.0, 2.0), (-1.0, 3.0)),
+        critical_points=_points("minimum", (ROSENBROCK_A, ROSENBROCK_A**2)),
+        start=(-1.5, 2.5), scale=25000.0, lr=0.005,
+    ),
+    Toy(
+        key="himmelblau", name="Himmelblau's function",
+        formula=r"(x^2 + y - 11)^2 + (x + y^2 - 7)^2", f=_himmelblau,
+        box=((-5.0, 5.0), (-5.0, 5.0)),
+        critical_points=_points(
+            "minimum",
+            (3.0, 2.0),
+            (-2.805118086952745, 3.131312518250573),
+            (-3.779310253377747, -3.2831859912861696),
+            (3.5844283403304917, -1.8481265269644034),
+        )
+        + _points("maximum", (-0.2708445906673476, -0.9230385564799815))
+        + _points(
+            "saddle",
+            (0.08667750455539634, 2.884254701174776),
+            (-3.0730257507643897, -0.08135304428796751),
+            (3.385154183607021, 0.07385187983774928),
+            (-0.12796134673068005, -1.9537149802445766),
         ),
-        Toy(
-            "saddle", "a quadratic saddle", r"x^2 - y^2", _saddle,
-            ((-1.5, 1.5), (-1.5, 1.5)), _points("saddle", (0.0, 0.0)), (1.0, 0.05), 4.0, 0.1,
-        ),
-        Toy(
-            "monkey", "the monkey saddle", r"x^3 - 3xy^2", _monkey,
-            ((-1.5, 1.5), (-1.5, 1.5)), _points("monkey saddle", (0.0, 0.0)), (0.8, 0.05),
-            50.0, 0.1,
-        ),
-        Toy(
-            "double_well", "a saddle between two minima", r"\frac{x^4}{4} - \frac{x^2}{2}"
-            r" + \frac{y^2}{2}", _double_well, ((-2.0, 2.0), (-1.5, 1.5)),
-            _points("minimum", (-1.0, 0.0), (1.0, 0.0)) + _points("saddle", (0.0, 0.0)),
-            (0.02, 1.2), 25.0, 0.1,
-        ),
-        Toy(
-            "rosenbrock", f"Rosenbrock's valley (a = {ROSENBROCK_A:g}, b = {ROSENBROCK_B:g})",
-            rf"({ROSENBROCK_A:g} - x)^2 + {ROSENBROCK_B:g}\,(y - x^2)^2", _rosenbrock,
-            ((-2.0, 2.0), (-1.0, 3.0)), _points("minimum", (ROSENBROCK_A, ROSENBROCK_A**2)),
-            (-1.5, 2.5), 25000.0, 0.005,
-        ),
-        Toy(
-            "himmelblau", "Himmelblau's function", r"(x^2 + y - 11)^2 + (x + y^2 - 7)^2",
-            _himmelblau, ((-5.0, 5.0), (-5.0, 5.0)),
-            _points(
-                "minimum",
-                (3.0, 2.0),
-                (-2.805118086952745, 3.131312518250573),
-                (-3.779310253377747, -3.2831859912861696),
-                (3.5844283403304917, -1.8481265269644034),
-            )
-            + _points("maximum", (-0.2708445906673476, -0.9230385564799815))
-            + _points(
-                "saddle",
-                (0.08667750455539634, 2.884254701174776),
-                (-3.0730257507643897, -0.08135304428796751),
-                (3.385154183607021, 0.07385187983774928),
-                (-0.12796134673068005, -1.9537149802445766),
-            ),
-            (0.3, 2.5), 10000.0, 0.01,
-        ),
-    )
-}
+        start=(0.3, 2.5), scale=10000.0, lr=0.01,
+    ),
+)
+
+#: every toy by its key: ``"paper"``, ``"saddle"``, ``"monkey"``, ``"double_well"``,
+#: ``"rosenbrock"``, ``"himmelblau"``
+TOYS: dict[str, Toy] = {toy.key: toy for toy in _TOY_LIST}
 
 
 def get_toy(toy: Toy | str) -> Toy:
@@ -243,7 +250,8 @@ class OptimizerSpec:
 
 
 _CURVATURE_DEFAULTS = dict(
-    lr=1.0, momentum=0.0, damping=0.0, adaptive=False, damping_factor=None
+    lr=1.0, momentum=0.0, damping=0.0, adaptive=False, damping_factor=None, damping_min=0.0,
+    damping_max=None, max_skipped_steps=10,
 )
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -394,11 +402,11 @@ def run_trajectory(
       and Wynn acceleration of order ``r = acceleration_order``
       (:class:`~sfn_teach.optim.SeriesSFN`; every argument of it is accepted).
 
-    The curvature optimisers take ``lr``, ``momentum``, ``damping``, ``adaptive`` and
-    ``damping_factor`` as :class:`~sfn_teach.optim.SeriesSFN` does (defaults: ``α = 1``,
-    ``μ = 0``, ``λ = 0``). ``OPTIMIZERS[name].defaults`` lists every hyperparameter and its
-    default; an unknown name raises a ValueError listing the valid ones, and an invalid value
-    the optimiser's own ValueError/TypeError.
+    The curvature optimisers take ``lr``, ``momentum``, ``damping``, ``adaptive``,
+    ``damping_factor``, ``damping_min``, ``damping_max`` and ``max_skipped_steps`` as
+    :class:`~sfn_teach.optim.SeriesSFN` does (defaults here: ``α = 1``, ``μ = 0``, ``λ = 0``).
+    ``OPTIMIZERS[name].defaults`` lists every hyperparameter and its default; an unknown name
+    raises a ValueError listing the valid ones, an invalid value the optimiser's own error.
 
     The run stops early, with ``Trajectory.stopped`` saying why, when the point or the loss
     becomes non-finite, ``‖θ‖ > 1e6``, or the optimiser gives up
