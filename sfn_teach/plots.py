@@ -1,0 +1,526 @@
+"""Matplotlib figures for the notebooks: toys and trajectories, the spectral filter, convergence.
+
+Every ``plot_*`` function draws into ``ax`` (or ``axes``) when given and otherwise makes a new
+:class:`matplotlib.figure.Figure` (not registered with pyplot, so nothing is shown twice and
+nothing leaks); it returns ``(fig, ax)`` so that a test can inspect the artists. Nothing here
+calls ``plt.show``. The notation is DESIGN.md's: ``H`` with eigenvalues ``h``, ``K`` terms,
+scale ``V``, damping ``λ``, Wynn order ``r``.
+
+The functions that compute what a figure shows are public too (:func:`toy_grid`,
+:func:`filter_relative_error`, :func:`max_filter_error`, :func:`direction_convergence`), so
+that a notebook or a widget can print the numbers behind a picture.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+from .series import exact_sfn_direction, filter_target, sfn_direction, spectral_filter
+from .toys import (
+    Toy,
+    Trajectory,
+    as_point,
+    exact_step_point,
+    get_toy,
+    hessian,
+    run_trajectory,
+    series_partial_sum_points,
+)
+
+#: one colour per optimiser, the same in every figure
+OPTIMIZER_COLORS = {
+    "gd": "tab:blue",
+    "momentum": "tab:cyan",
+    "adam": "tab:olive",
+    "newton": "tab:red",
+    "exact_sfn": "tab:green",
+    "series_sfn": "tab:purple",
+}
+
+#: marker and colour of each kind of critical point
+CRITICAL_STYLES = {
+    "minimum": dict(marker="o", color="tab:green"),
+    "maximum": dict(marker="^", color="tab:red"),
+    "saddle": dict(marker="X", color="black"),
+    "monkey saddle": dict(marker="*", color="black"),
+}
+
+NEGATIVE_CURVATURE_COLOR, POSITIVE_CURVATURE_COLOR = "tab:red", "tab:blue"
+
+
+def _figure_and_axes(ax, figsize=(5.5, 4.5)):
+    """``(ax.figure, ax)``, or a new figure with one axes."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _as_int_list(name, values):
+    """``values`` (an int or a sequence of ints ≥ 1) as a list."""
+    values = [values] if isinstance(values, int) and not isinstance(values, bool) else values
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise TypeError(f"{name} must be an int or a non-empty sequence of ints, got {values!r}")
+    return [_check_positive_int(name, value) for value in values]
+
+
+def _plain_numbers(axis):
+    """Plain tick labels (``1e+06``, ``-100``): cheaper to draw than mathtext, same meaning."""
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+# --------------------------------------------------------------------------------------------
+# Toys and trajectories
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def toy_grid(toy: Toy, resolution: int = 121) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, Y, Z)`` with ``Z = f(X, Y)`` on a ``resolution × resolution`` grid over the box."""
+    (x0, x1), (y0, y1) = toy.box
+    x = torch.linspace(x0, x1, resolution, dtype=torch.float64)
+    y = torch.linspace(y0, y1, resolution, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(x, y, indexing="xy"))
+    with torch.no_grad():
+        z = toy.f(grid)
+    return grid[0].numpy(), grid[1].numpy(), z.numpy()
+
+
+def contour_levels(values: np.ndarray, count: int = 21) -> np.ndarray:
+    """Contour levels that show the critical points of ``f`` whatever its range.
+
+    If ``f`` takes both signs (a saddle whose value is 0 in every toy here) the levels are
+    symmetric about 0 and quadratically spaced, ``±m·t²`` for ``t`` evenly in ``[0, 1]``,
+    ``m = max|f|``, so they crowd near the saddle; otherwise they are log-spaced above
+    ``min f`` (a valley or a basin shows at every depth).
+    """
+    low, high = float(np.min(values)), float(np.max(values))
+    if low < 0 < high:
+        t = np.linspace(-1.0, 1.0, count)
+        return max(-low, high) * np.sign(t) * t**2
+    span = high - low
+    return low + np.geomspace(span * 1e-4, span, count)
+
+
+def draw_toy(ax, toy: Toy | str, *, levels: int = 21, critical_points: bool = True):
+    """Draw the contours of ``f`` over ``toy.box`` and its critical points (marked by kind)."""
+    toy = get_toy(toy)
+    x, y, z = toy_grid(toy)
+    ax.contourf(x, y, z, levels=contour_levels(z, levels), cmap="RdBu_r", alpha=0.35)
+    ax.contour(x, y, z, levels=contour_levels(z, levels), colors="0.35", linewidths=0.5)
+    if critical_points:
+        for kind, style in CRITICAL_STYLES.items():
+            points = [c.point for c in toy.critical_points if c.kind == kind]
+            if points:
+                px, py = zip(*points)
+                ax.scatter(px, py, s=70, zorder=4, edgecolor="white", label=kind, **style)
+    (x0, x1), (y0, y1) = toy.box
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title(f"{toy.name}: $f = {toy.formula}$", fontsize="medium")
+
+
+def _colors(trajectories):
+    """Each trajectory's colour: its optimiser's, or the next of the cycle for a repeat."""
+    cycle = iter(f"C{i % 10}" for i in range(10 * len(trajectories) + 10))
+    used, colors = set(), []
+    for trajectory in trajectories:
+        color = OPTIMIZER_COLORS.get(trajectory.optimizer)
+        while color is None or color in used:
+            color = next(cycle)
+        used.add(color)
+        colors.append(color)
+    return colors
+
+
+def _legend_label(trajectory: Trajectory) -> str:
+    """The label, with ``[diverged after n steps]`` when the run stopped early."""
+    if trajectory.stopped is None:
+        return trajectory.label
+    return f"{trajectory.label} [{trajectory.stopped.split(':')[0]}]"
+
+
+def draw_trajectories(ax, trajectories: Sequence[Trajectory]) -> list:
+    """Draw each trajectory ``θ_0, θ_1, …`` as a line with markers, and the starts as stars.
+
+    Returns the artists added, so that a caller (a widget) can remove them again.
+    """
+    artists = []
+    for trajectory, color in zip(trajectories, _colors(trajectories)):
+        (line,) = ax.plot(
+            trajectory.points[:, 0], trajectory.points[:, 1], "-o", ms=3, lw=1.5,
+            color=color, label=_legend_label(trajectory), zorder=3,
+        )
+        artists.append(line)
+    starts = {tuple(t.points[0]) for t in trajectories}
+    if starts:
+        sx, sy = zip(*starts)
+        artists.append(
+            ax.scatter(sx, sy, marker="*", s=160, color="gold", edgecolor="black", zorder=5,
+                       label="start")
+        )
+    return artists
+
+
+def plot_toy(
+    toy: Toy | str,
+    trajectories: Sequence[Trajectory] = (),
+    ax=None,
+    *,
+    levels: int = 21,
+    critical_points: bool = True,
+    legend: bool = True,
+):
+    """Contours of ``f`` over the toy's box, its critical points and the ``trajectories``.
+
+    Contour levels: :func:`contour_levels`. Critical points are marked by kind (minimum,
+    maximum, saddle, monkey saddle); each trajectory is a line through ``θ_0, …, θ_n`` in its
+    optimiser's colour, starts are gold stars. Returns ``(fig, ax)``.
+    """
+    fig, ax = _figure_and_axes(ax)
+    draw_toy(ax, toy, levels=levels, critical_points=critical_points)
+    draw_trajectories(ax, trajectories)
+    if legend:
+        ax.legend(fontsize="x-small", loc="upper right", framealpha=0.8)
+    return fig, ax
+
+
+def loss_scale(losses: Sequence[np.ndarray]) -> str:
+    """``"symlog"`` if a loss is negative and some ``|f| > 10``, ``"log"`` if all are positive
+    and span more than two decades, else ``"linear"``."""
+    values = np.concatenate([np.asarray(v, dtype=float).ravel() for v in losses] or [[0.0]])
+    if values.min() < 0 and np.abs(values).max() > 10:
+        return "symlog"
+    if values.min() > 0 and values.max() > 100 * values.min():
+        return "log"
+    return "linear"
+
+
+def plot_losses(trajectories: Sequence[Trajectory], ax=None, *, legend: bool = True):
+    """The loss ``f(θ_t)`` against the step ``t`` for each trajectory.
+
+    The y axis is symlog when losses go negative and large (saddles unbounded below), log
+    when they are positive over several decades (:func:`loss_scale`). Returns ``(fig, ax)``.
+    """
+    fig, ax = _figure_and_axes(ax)
+    for trajectory, color in zip(trajectories, _colors(trajectories)):
+        ax.plot(trajectory.losses, color=color, lw=1.5, label=_legend_label(trajectory))
+    scale = loss_scale([t.losses for t in trajectories])
+    if scale == "symlog":
+        ax.set_yscale("symlog", linthresh=1.0)
+        _plain_numbers(ax.yaxis)
+    elif scale == "log":
+        ax.set_yscale("log")
+    ax.set_xlabel("step t")
+    ax.set_ylabel(r"loss $f(\theta_t)$")
+    ax.set_title("loss against step", fontsize="medium")
+    if legend and trajectories:
+        ax.legend(fontsize="x-small")
+    return fig, ax
+
+
+def plot_eigen_directions(toy: Toy | str, point, ax=None, *, length: float | None = None):
+    """The eigenvectors ``q_i`` of ``H = ∇²f(point)`` as double arrows ``point ± s_i q_i``.
+
+    ``s_i = length · |h_i| / max_j |h_j|`` (``length`` defaults to a quarter of the box's
+    smaller side), red for negative curvature ``h_i < 0`` (where ``f`` curves down and
+    Newton's step flips sign), blue for ``h_i ≥ 0``; each arrow is labelled with ``h_i``.
+    Without ``ax`` the toy's contours are drawn first. Returns ``(fig, ax)``.
+    """
+    toy = get_toy(toy)
+    theta = as_point(point)
+    if ax is None:
+        fig, ax = plot_toy(toy, legend=False)
+    else:
+        fig = ax.figure
+    eigenvalues, eigenvectors = torch.linalg.eigh(hessian(toy, theta))
+    if length is None:
+        (x0, x1), (y0, y1) = toy.box
+        length = min(x1 - x0, y1 - y0) / 4
+    largest = float(eigenvalues.abs().max()) or 1.0
+    for h, q in zip(eigenvalues.tolist(), eigenvectors.T):
+        negative = h < 0
+        color = NEGATIVE_CURVATURE_COLOR if negative else POSITIVE_CURVATURE_COLOR
+        arrow = (length * abs(h) / largest * q).numpy()
+        ax.quiver(
+            [theta[0], theta[0]], [theta[1], theta[1]], [arrow[0], -arrow[0]],
+            [arrow[1], -arrow[1]], color=color, angles="xy", scale_units="xy", scale=1,
+            width=0.008, zorder=6,
+            label=f"{'negative' if negative else 'positive'} curvature, h = {h:.3g}",
+        )
+        tip = theta.numpy() + 1.1 * arrow
+        ax.text(
+            tip[0], tip[1], f"h = {h:.3g}", color=color, fontsize="small", zorder=7, clip_on=True
+        )
+    ax.scatter([theta[0]], [theta[1]], color="black", s=20, zorder=7)
+    ax.set_title(
+        f"eigen-directions of H at ({float(theta[0]):.3g}, {float(theta[1]):.3g})",
+        fontsize="medium",
+    )
+    ax.legend(fontsize="x-small", loc="upper right")
+    return fig, ax
+
+
+def plot_paper_toy_figure(
+    steps: int = 5, num_terms: int = 20, scale: float = 25.0, lr: float = 0.1, ax=None
+):
+    """The paper's toy figure (DESIGN.md §5): ``f = 2x² + 2xy − y²`` from ``(−0.75, −0.75)``.
+
+    Gradient descent (``α = lr``), Newton and exact SFN for ``steps`` steps each, and the
+    one-step partial sums ``θ_0 − V^(-½) S_j``, ``j < K = num_terms``, of the undamped series
+    at ``V = scale`` (:func:`~sfn_teach.toys.series_partial_sum_points`) converging to the
+    exact SFN step ``θ_0 − |H|⁻¹g`` (a ring). Newton lands on the saddle; SFN moves away.
+    Returns ``(fig, ax)``.
+    """
+    toy = get_toy("paper")
+    trajectories = [
+        run_trajectory(toy, toy.start, "gd", steps, lr=lr),
+        run_trajectory(toy, toy.start, "newton", steps),
+        run_trajectory(toy, toy.start, "exact_sfn", steps),
+    ]
+    fig, ax = plot_toy(toy, trajectories, ax, legend=False)
+    sums = series_partial_sum_points(toy, toy.start, num_terms, scale)
+    ax.plot(
+        sums[:, 0], sums[:, 1], ":s", ms=3, color=OPTIMIZER_COLORS["series_sfn"],
+        label=f"series partial sums, V = {scale:g}, K ≤ {num_terms}",
+    )
+    exact = exact_step_point(toy, toy.start)
+    ax.scatter(
+        [exact[0]], [exact[1]], s=140, facecolor="none", edgecolor="black", lw=1.5, zorder=6,
+        label="one exact SFN step",
+    )
+    ax.set_title("the paper's toy: Newton is attracted to the saddle, SFN is not",
+                 fontsize="medium")
+    ax.legend(fontsize="x-small", loc="upper right", framealpha=0.8)
+    return fig, ax
+
+
+# --------------------------------------------------------------------------------------------
+# The spectral filter
+# --------------------------------------------------------------------------------------------
+
+
+def convergence_limit(scale: float) -> float:
+    """``√(2V)``: the series converges for the eigenvalues with ``|h| ≤ √(2V)`` only."""
+    return math.sqrt(2 * scale)
+
+
+def filter_relative_error(
+    h, num_terms: int, scale: float, damping: float = 0.0, kind: str = "damped"
+) -> torch.Tensor:
+    """``|φ_K(h) − t(h)| / t(h)`` with ``t(h) = 1/(|h| + λ)`` (quasi-damped ``(h² + λ)^(-½)``)."""
+    h = torch.as_tensor(h, dtype=torch.float64)
+    target = filter_target(h, damping, kind)
+    return (spectral_filter(h, num_terms, scale, damping, kind) - target).abs() / target
+
+
+def max_filter_error(
+    num_terms: int,
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+    h_low: float | None = None,
+    num_points: int = 401,
+) -> float:
+    """``max |φ_K(h) − t(h)|/t(h)`` over ``h_low ≤ |h| ≤ √(2V)`` (log-spaced points).
+
+    ``h_low`` defaults to ``√(2V)/10``; with ``λ = 0`` it must be positive, since the target
+    ``1/|h|`` is infinite at 0 while ``φ_K(0)`` is finite.
+    """
+    limit = convergence_limit(scale)
+    h_low = limit / 10 if h_low is None else h_low
+    if not 0 < h_low < limit:
+        raise ValueError(f"h_low must be in (0, √(2V) = {limit:.6g}), got {h_low!r}")
+    h = torch.logspace(math.log10(h_low), math.log10(limit), num_points, dtype=torch.float64)
+    return float(filter_relative_error(h, num_terms, scale, damping, kind).max())
+
+
+def _limit_lines(ax, scale, both_sides):
+    """Vertical lines at ``|h| = √(2V)`` (one legend entry)."""
+    limit = convergence_limit(scale)
+    ax.axvline(limit, color="black", ls="--", lw=1, label=r"$|h| = \sqrt{2V}$")
+    if both_sides:
+        ax.axvline(-limit, color="black", ls="--", lw=1)
+
+
+def _target_label(damping, kind):
+    if kind == "quasi-damped":
+        return r"target $(h^2 + \lambda)^{-1/2}$"
+    return r"target $1/(|h| + \lambda)$" if damping > 0 else r"target $1/|h|$"
+
+
+def plot_spectral_filter(
+    num_terms: int | Sequence[int],
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+    h_range: tuple[float, float] | None = None,
+    ax=None,
+):
+    """``φ_K(h) = V^(-½) Σ_{k<K} c_k (1 − h²/V)^k`` for each ``K`` against its target.
+
+    The target is ``1/(|h| + λ)`` (quasi-damped: ``(h² + λ)^(-½)``); dashed lines mark the
+    convergence limit ``|h| = √(2V)``, beyond which ``φ_K`` diverges like ``|1 − h²/V|^K``.
+    ``h_range`` defaults to ``±1.3 √(2V)``; the y axis is clipped to the convergent part.
+    (Wynn acceleration acts on vectors of partial sums, not on this scalar picture; see
+    :func:`plot_direction_convergence`.) Returns ``(fig, ax)``.
+    """
+    terms = _as_int_list("num_terms", num_terms)
+    limit = convergence_limit(scale)
+    low, high = h_range if h_range is not None else (-1.3 * limit, 1.3 * limit)
+    h = torch.linspace(low, high, 801, dtype=torch.float64)
+    fig, ax = _figure_and_axes(ax)
+    inside = h.abs() <= limit
+    top = 0.0
+    for count in terms:
+        phi = spectral_filter(h, count, scale, damping, kind)
+        ax.plot(h.numpy(), phi.numpy(), lw=1.5, label=rf"$\varphi_K$, K = {count}")
+        top = max(top, float(phi[inside].max()) if inside.any() else float(phi.max()))
+    ax.plot(h.numpy(), filter_target(h, damping, kind).numpy(), "k", lw=1, alpha=0.6,
+            label=_target_label(damping, kind))
+    _limit_lines(ax, scale, both_sides=low < 0)
+    ax.set_xlim(low, high)
+    ax.set_ylim(-0.15 * top, 1.25 * top)
+    ax.set_xlabel("eigenvalue h")
+    ax.set_ylabel("multiplier of the component along q")
+    ax.set_title(f"spectral filter: V = {scale:g}, λ = {damping:g} ({kind})", fontsize="medium")
+    ax.legend(fontsize="x-small", loc="upper right")
+    return fig, ax
+
+
+def plot_filter_error(
+    num_terms: int | Sequence[int],
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+    h_range: tuple[float, float] | None = None,
+    ax=None,
+):
+    """The relative error ``|φ_K(h) − t(h)|/t(h)`` against ``|h|`` on log–log axes.
+
+    ``h_range`` (of ``|h|``, both positive) defaults to ``(10⁻³ √(2V), 1.3 √(2V))``. The error
+    falls like ``|1 − h²/V|^K`` inside the limit, slowest at small ``|h|`` (truncation acts as
+    an implicit damping there), and explodes beyond ``|h| = √(2V)`` (dashed). Returns
+    ``(fig, ax)``.
+    """
+    terms = _as_int_list("num_terms", num_terms)
+    limit = convergence_limit(scale)
+    low, high = h_range if h_range is not None else (1e-3 * limit, 1.3 * limit)
+    if not 0 < low < high:
+        raise ValueError(f"h_range must be (low, high) with 0 < low < high, got {h_range!r}")
+    h = torch.logspace(math.log10(low), math.log10(high), 401, dtype=torch.float64)
+    fig, ax = _figure_and_axes(ax)
+    for count in terms:
+        error = filter_relative_error(h, count, scale, damping, kind).clamp_min(1e-17)
+        ax.plot(h.numpy(), error.numpy(), lw=1.5, label=f"K = {count}")
+    _limit_lines(ax, scale, both_sides=False)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-16, 1e3)
+    ax.set_xlabel("|h|")
+    ax.set_ylabel("relative error of the filter")
+    ax.set_title(f"filter error: V = {scale:g}, λ = {damping:g} ({kind})", fontsize="medium")
+    ax.legend(fontsize="x-small")
+    return fig, ax
+
+
+# --------------------------------------------------------------------------------------------
+# Convergence of the direction
+# --------------------------------------------------------------------------------------------
+
+
+def direction_convergence(
+    hessian: torch.Tensor,
+    grad: torch.Tensor,
+    num_terms_list: Sequence[int],
+    scale: float,
+    damping: float = 0.0,
+    order: int = 0,
+    sablonniere: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity and relative error of ``Δ_K`` to ``Δ* = (|H| + λI)⁻¹ g`` for each ``K``.
+
+    ``Δ_K`` is :func:`~sfn_teach.series.sfn_direction` with products ``Hv = H @ v`` on the dense
+    symmetric ``hessian``, accelerated by Wynn's ε of order ``r = order``; ``Δ*`` is
+    :func:`~sfn_teach.series.exact_sfn_direction`. Returns ``(cos ∠(Δ_K, Δ*), ‖Δ_K − Δ*‖/‖Δ*‖)``
+    as two arrays, NaN where ``K < 2r + 1``.
+    """
+    exact = exact_sfn_direction(hessian, grad, damping)
+    cosines, errors = [], []
+    for count in _as_int_list("num_terms_list", list(num_terms_list)):
+        if count < 2 * order + 1:
+            cosines.append(math.nan)
+            errors.append(math.nan)
+            continue
+        direction = sfn_direction(
+            lambda v: hessian @ v, grad, count, scale, damping, order, sablonniere
+        )
+        cosines.append(float(direction @ exact / (direction.norm() * exact.norm())))
+        errors.append(float((direction - exact).norm() / exact.norm()))
+    return np.array(cosines), np.array(errors)
+
+
+def _variant_label(order, sablonniere):
+    if order == 0:
+        return "plain partial sums (r = 0)"
+    return f"Wynn ε{' (Sablonnière)' if sablonniere else ''}, r = {order}"
+
+
+def plot_direction_convergence(
+    hessian: torch.Tensor,
+    grad: torch.Tensor,
+    num_terms_list: Sequence[int],
+    scale: float,
+    damping: float = 0.0,
+    orders: Sequence[int] = (0, 2),
+    sablonniere: Sequence[bool] = (False,),
+    axes=None,
+):
+    """Two panels against ``K``: cosine similarity and relative error of ``Δ_K`` to ``Δ*``.
+
+    One curve per Wynn order ``r`` in ``orders`` (``r = 0``: no acceleration) and, for
+    ``r ≥ 1``, per weighting in ``sablonniere`` (``False``: plain ``σ_s = 1``; ``True``:
+    Sablonnière's ``σ_s = ⌊s/2⌋ + 1``). See :func:`direction_convergence`. ``axes`` is a
+    pair of axes or ``None``. Returns ``(fig, (ax_cosine, ax_error))``.
+    """
+    if axes is None:
+        fig = Figure(figsize=(10, 4), layout="constrained")
+        axes = fig.subplots(1, 2)
+    fig, (ax_cos, ax_err) = axes[0].figure, axes
+    terms = np.array(_as_int_list("num_terms_list", list(num_terms_list)))
+    variants = [(0, False)] if 0 in orders else []
+    variants += [(r, flag) for r in orders if r > 0 for flag in sablonniere]
+    for order, flag in variants:
+        cosines, errors = direction_convergence(
+            hessian, grad, terms.tolist(), scale, damping, order, flag
+        )
+        label = _variant_label(order, flag)
+        ax_cos.plot(terms, cosines, "-o", ms=3, label=label)
+        ax_err.plot(terms, np.maximum(errors, 1e-17), "-o", ms=3, label=label)
+    ax_cos.set_xlabel("number of terms K")
+    ax_cos.set_ylabel(r"cosine similarity to $(|H| + \lambda I)^{-1} g$")
+    ax_cos.set_title("direction: cosine similarity", fontsize="medium")
+    ax_err.set_yscale("log")
+    ax_err.set_xlabel("number of terms K")
+    ax_err.set_ylabel("relative error")
+    ax_err.set_title("direction: relative error", fontsize="medium")
+    for ax in (ax_cos, ax_err):
+        ax.legend(fontsize="x-small")
+    return fig, (ax_cos, ax_err)
+
