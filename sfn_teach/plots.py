@@ -321,13 +321,56 @@ def convergence_limit(scale: float) -> float:
     return math.sqrt(2 * scale)
 
 
-def filter_relative_error(
-    h, num_terms: int, scale: float, damping: float = 0.0, kind: str = "damped"
+def filter_values(
+    h,
+    num_terms: int,
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+    acceleration_order: int = 0,
 ) -> torch.Tensor:
-    """``|φ_K(h) − t(h)| / t(h)`` with ``t(h) = 1/(|h| + λ)`` (quasi-damped ``(h² + λ)^(-½)``)."""
+    """The multiplier the series applies per eigenvalue ``h``: ``φ_K(h)``, or its accelerated kin.
+
+    With ``r = acceleration_order = 0`` this is the scalar polynomial
+    ``φ_K(h) = V^(-½) Σ_{k<K} c_k (1 − h²/V)^k`` (:func:`~sfn_teach.series.spectral_filter`).
+
+    Wynn's ε-algorithm is defined on vectors, not per eigenvalue: its Samelson inverse
+    ``w/(wᵀw)`` mixes all components, so an "accelerated filter" only exists for a given
+    spectrum and gradient. For ``r ≥ 1`` this returns the component-wise ratio ``Δ_i/g_i``
+    of the accelerated series direction (:func:`~sfn_teach.series.sfn_direction`) for
+    ``H = diag(h)`` and ``g = (1, …, 1)``, taking the given points ``h`` as the whole spectrum.
+    Only the points with ``|h| ≤ √(2V)`` enter (a diverging component would swamp ε); the
+    others are NaN.
+    """
+    h = torch.as_tensor(h, dtype=torch.float64)
+    if acceleration_order == 0:
+        return spectral_filter(h, num_terms, scale, damping, kind)
+    values = torch.full_like(h, math.nan)
+    inside = h.abs() <= convergence_limit(scale)
+    spectrum = h[inside]
+    values[inside] = sfn_direction(
+        lambda v: spectrum * v, torch.ones_like(spectrum), num_terms, scale, damping,
+        acceleration_order, kind=kind,
+    )
+    return values
+
+
+def filter_relative_error(
+    h,
+    num_terms: int,
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+    acceleration_order: int = 0,
+) -> torch.Tensor:
+    """``|φ(h) − t(h)| / t(h)`` with ``t(h) = 1/(|h| + λ)`` (quasi-damped ``(h² + λ)^(-½)``).
+
+    ``φ`` is :func:`filter_values` (the plain ``φ_K`` for ``acceleration_order = 0``).
+    """
     h = torch.as_tensor(h, dtype=torch.float64)
     target = filter_target(h, damping, kind)
-    return (spectral_filter(h, num_terms, scale, damping, kind) - target).abs() / target
+    values = filter_values(h, num_terms, scale, damping, kind, acceleration_order)
+    return (values - target).abs() / target
 
 
 def max_filter_error(
@@ -335,20 +378,22 @@ def max_filter_error(
     scale: float,
     damping: float = 0.0,
     kind: str = "damped",
+    acceleration_order: int = 0,
     h_low: float | None = None,
     num_points: int = 401,
 ) -> float:
-    """``max |φ_K(h) − t(h)|/t(h)`` over ``h_low ≤ |h| ≤ √(2V)`` (log-spaced points).
+    """``max |φ(h) − t(h)|/t(h)`` over ``h_low ≤ |h| ≤ √(2V)`` (log-spaced points).
 
     ``h_low`` defaults to ``√(2V)/10``; with ``λ = 0`` it must be positive, since the target
-    ``1/|h|`` is infinite at 0 while ``φ_K(0)`` is finite.
+    ``1/|h|`` is infinite at 0 while ``φ_K(0)`` is finite. See :func:`filter_relative_error`.
     """
     limit = convergence_limit(scale)
     h_low = limit / 10 if h_low is None else h_low
     if not 0 < h_low < limit:
         raise ValueError(f"h_low must be in (0, √(2V) = {limit:.6g}), got {h_low!r}")
     h = torch.logspace(math.log10(h_low), math.log10(limit), num_points, dtype=torch.float64)
-    return float(filter_relative_error(h, num_terms, scale, damping, kind).max())
+    errors = filter_relative_error(h, num_terms, scale, damping, kind, acceleration_order)
+    return float(errors.max())
 
 
 def _limit_lines(ax, scale, both_sides):
@@ -357,6 +402,12 @@ def _limit_lines(ax, scale, both_sides):
     ax.axvline(limit, color="black", ls="--", lw=1, label=r"$|h| = \sqrt{2V}$")
     if both_sides:
         ax.axvline(-limit, color="black", ls="--", lw=1)
+
+
+def _filter_label(num_terms, acceleration_order):
+    if acceleration_order == 0:
+        return rf"$\varphi_K$, K = {num_terms}"
+    return rf"$\varphi_K$ with Wynn ε, K = {num_terms}, r = {acceleration_order}"
 
 
 def _target_label(damping, kind):
@@ -372,14 +423,16 @@ def plot_spectral_filter(
     kind: str = "damped",
     h_range: tuple[float, float] | None = None,
     ax=None,
+    acceleration_order: int = 0,
 ):
     """``φ_K(h) = V^(-½) Σ_{k<K} c_k (1 − h²/V)^k`` for each ``K`` against its target.
 
     The target is ``1/(|h| + λ)`` (quasi-damped: ``(h² + λ)^(-½)``); dashed lines mark the
     convergence limit ``|h| = √(2V)``, beyond which ``φ_K`` diverges like ``|1 − h²/V|^K``.
     ``h_range`` defaults to ``±1.3 √(2V)``; the y axis is clipped to the convergent part.
-    (Wynn acceleration acts on vectors of partial sums, not on this scalar picture; see
-    :func:`plot_direction_convergence`.) Returns ``(fig, ax)``.
+    With ``acceleration_order = r ≥ 1`` the curves are the accelerated multipliers of
+    :func:`filter_values` (the plotted points taken as the spectrum; ``|h| ≤ √(2V)`` only).
+    Returns ``(fig, ax)``.
     """
     terms = _as_int_list("num_terms", num_terms)
     limit = convergence_limit(scale)
@@ -389,13 +442,15 @@ def plot_spectral_filter(
     inside = h.abs() <= limit
     top = 0.0
     for count in terms:
-        phi = spectral_filter(h, count, scale, damping, kind)
-        ax.plot(h.numpy(), phi.numpy(), lw=1.5, label=rf"$\varphi_K$, K = {count}")
-        top = max(top, float(phi[inside].max()) if inside.any() else float(phi.max()))
+        phi = filter_values(h, count, scale, damping, kind, acceleration_order)
+        ax.plot(h.numpy(), phi.numpy(), lw=1.5, label=_filter_label(count, acceleration_order))
+        shown = phi[inside & torch.isfinite(phi)]
+        top = max(top, float(shown.max()) if shown.numel() else 0.0)
     ax.plot(h.numpy(), filter_target(h, damping, kind).numpy(), "k", lw=1, alpha=0.6,
             label=_target_label(damping, kind))
     _limit_lines(ax, scale, both_sides=low < 0)
     ax.set_xlim(low, high)
+    top = top or float(filter_target(torch.tensor(limit), damping, kind))
     ax.set_ylim(-0.15 * top, 1.25 * top)
     ax.set_xlabel("eigenvalue h")
     ax.set_ylabel("multiplier of the component along q")
@@ -411,13 +466,14 @@ def plot_filter_error(
     kind: str = "damped",
     h_range: tuple[float, float] | None = None,
     ax=None,
+    acceleration_order: int = 0,
 ):
     """The relative error ``|φ_K(h) − t(h)|/t(h)`` against ``|h|`` on log–log axes.
 
     ``h_range`` (of ``|h|``, both positive) defaults to ``(10⁻³ √(2V), 1.3 √(2V))``. The error
     falls like ``|1 − h²/V|^K`` inside the limit, slowest at small ``|h|`` (truncation acts as
-    an implicit damping there), and explodes beyond ``|h| = √(2V)`` (dashed). Returns
-    ``(fig, ax)``.
+    an implicit damping there), and explodes beyond ``|h| = √(2V)`` (dashed). With
+    ``acceleration_order ≥ 1`` the error is that of :func:`filter_values`. Returns ``(fig, ax)``.
     """
     terms = _as_int_list("num_terms", num_terms)
     limit = convergence_limit(scale)
@@ -427,8 +483,9 @@ def plot_filter_error(
     h = torch.logspace(math.log10(low), math.log10(high), 401, dtype=torch.float64)
     fig, ax = _figure_and_axes(ax)
     for count in terms:
-        error = filter_relative_error(h, count, scale, damping, kind).clamp_min(1e-17)
-        ax.plot(h.numpy(), error.numpy(), lw=1.5, label=f"K = {count}")
+        error = filter_relative_error(h, count, scale, damping, kind, acceleration_order)
+        ax.plot(h.numpy(), error.clamp_min(1e-17).numpy(), lw=1.5,
+                label=_filter_label(count, acceleration_order))
     _limit_lines(ax, scale, both_sides=False)
     ax.set_xscale("log")
     ax.set_yscale("log")
