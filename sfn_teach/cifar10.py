@@ -358,11 +358,15 @@ def download_cifar10(
 # --------------------------------------------------------------------------------------------
 
 
-def _member_error(path, name, problem):
+def _archive_error(path, problem):
     return CIFAR10Error(
-        f"{path}: member {name!r} {problem}. This is not the CIFAR-10 binary archive (or it is "
-        "damaged): delete it and download again, or check the mirror."
+        f"{path}: {problem}. This is not the CIFAR-10 binary archive (or it is damaged): "
+        "delete it and download again, or check the mirror."
     )
+
+
+def _member_error(path, name, problem):
+    return _archive_error(path, f"member {name!r} {problem}")
 
 
 def _check_member(path, member, expected_bytes, seen):
@@ -428,16 +432,11 @@ def read_cifar10_archive(path, num_train=50_000, num_test=10_000) -> CIFAR10Arra
                     data = tar.extractfile(member).read()
                     parsed[member.name] = _parse_records(path, member.name, data)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise CIFAR10Error(
-            f"{path} is not a readable .tar.gz ({type(error).__name__}: {error}): delete it and "
-            "download again, or check the mirror."
-        ) from error
+        problem = f"not a readable .tar.gz ({type(error).__name__}: {error})"
+        raise _archive_error(path, problem) from error
     missing = [name for name in expected_bytes if name not in parsed]
     if missing:
-        raise CIFAR10Error(
-            f"{path} lacks the members {missing}: this is not the CIFAR-10 binary archive. "
-            "Delete it and download again, or check the mirror."
-        )
+        raise _archive_error(path, f"the members {missing} are missing")
     train = [parsed[name] for name in TRAIN_MEMBERS]
     return CIFAR10Arrays(
         torch.from_numpy(np.concatenate([images for images, _ in train])),
@@ -586,7 +585,7 @@ def write_cifar10_archive(path, num_train=50_000, num_test=10_000, seed=0) -> Ar
     per_file = num_train // len(TRAIN_MEMBERS)
 
     def write(file):
-        with gzip.GzipFile(fileobj=file, mode="wb", compresslevel=1, mtime=0) as gz, \
+        with gzip.GzipFile("", "wb", 1, file, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
             _add_member(tar, MEMBER_DIR)
             for i, name in enumerate(TRAIN_MEMBERS):
