@@ -23,7 +23,6 @@ import platform
 import statistics
 import sys
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -125,12 +124,10 @@ def linearize_variant(model, inputs, targets, v):
     def set_up():
         return ModelHVP(model, F.cross_entropy, inputs, targets, "linearize")
 
-    with warnings.catch_warnings():  # torch.fx's constant folding warns about its own nodes
-        warnings.simplefilter("ignore")
-        set_up().matvec(v)
-        start = time.perf_counter()
-        operator = set_up()
-        set_up_seconds = time.perf_counter() - start
+    set_up().matvec(v)
+    start = time.perf_counter()
+    operator = set_up()
+    set_up_seconds = time.perf_counter() - start
     first = seconds(lambda: operator.matvec(v))
     return set_up_seconds, first, lambda: operator.matvec(v)
 
@@ -224,7 +221,8 @@ def main(argv=None):
     print(f"command: {' '.join([sys.executable.rsplit('/', 1)[-1]] + sys.argv)}")
     print(
         f"device: cpu ({cpu_name()}), torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}, repeats {args.repeats}, float32"
+        f"{torch.get_num_threads()}, repeats {args.repeats}, float32, load average at the start "
+        f"{os.getloadavg()}"
     )
     results = []
     for name, model, inputs, targets, number, with_linearize in problems(args.quick):

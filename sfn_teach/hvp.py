@@ -20,6 +20,7 @@ Everything here leaves parameter values, ``.grad`` and BatchNorm running statist
 """
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -99,7 +100,8 @@ def hvp(f, x, v, backend="forward-over-reverse"):
 
     Pearlmutter's identity ``Hv = ∂/∂r ∇f(x + r v)|_{r=0}``, taken either forward-over-reverse
     (the jvp of ``∇f`` in direction ``v``) or by double backward (``∇(∇f(x)ᵀv)``). Both give
-    the same result up to rounding. The result has the shape of ``x`` and carries no graph.
+    the same result up to rounding, at a small constant times the cost of one gradient. The
+    result has the shape of ``x`` and carries no graph.
     """
     _check_choice("backend", backend, HVP_BACKENDS)
     if not isinstance(x, torch.Tensor) or not isinstance(v, torch.Tensor):
@@ -302,9 +304,11 @@ class ModelHVP(_HessianOperator):
             self._grad_and_loss = torch.func.grad_and_value(self._functional_loss)
             with batchnorm_policy(model, batchnorm):
                 if backend == "linearize":
-                    (grads, loss), self._linear = torch.func.linearize(
-                        self._grad_and_loss, self._primals
-                    )
+                    with warnings.catch_warnings():  # torch's own tracer warns about itself
+                        warnings.filterwarnings("ignore", module=r"torch\.fx\.")
+                        (grads, loss), self._linear = torch.func.linearize(
+                            self._grad_and_loss, self._primals
+                        )
                 else:
                     grads, loss = self._grad_and_loss(self._primals)
         super().__init__(params, loss, grads)
