@@ -1,0 +1,291 @@
+"""Checks for the notebooks' exercises: right or not, with a hint, never with the solution.
+
+Each ``check_*`` function compares a student's answer (a value, or a function they wrote)
+with what the library computes, prints ``✅ …`` or ``❌ …`` so that the notebook cell shows
+it, and returns a :class:`CheckResult` with ``.correct`` and ``.message``. A message names
+the case that failed (the inputs, never the expected output) and how far off the answer was,
+plus a hint about the mathematics; it never contains the solution's values.
+
+Function checks run the student's function on several inputs, in float64, against
+:func:`sfn_teach.hvp.hvp`, :func:`sfn_teach.series.series_coefficients`,
+:func:`sfn_teach.series.sfn_direction` and :func:`sfn_teach.series.wynn_epsilon`; an exception
+raised by the student's code is reported, not re-raised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .hvp import hvp
+from .series import series_coefficients, sfn_direction, wynn_epsilon
+from .toys import as_point, get_toy, gradient, hessian
+
+#: relative tolerance of every comparison (float64 answers agree far closer than this)
+RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict of a check: ``correct`` and the ``message`` that was printed."""
+
+    correct: bool
+    message: str
+
+    def __repr__(self) -> str:
+        return f"CheckResult(correct={self.correct})"
+
+
+def _report(correct: bool, message: str) -> CheckResult:
+    text = f"{'✅' if correct else '❌'} {message}"
+    print(text)
+    return CheckResult(correct, text)
+
+
+def _relative_error(answer, expected: torch.Tensor) -> float:
+    """``‖answer − expected‖ / max(‖expected‖, 1e-300)``; raises if the shapes differ."""
+    answer = torch.as_tensor(answer, dtype=torch.float64)
+    if answer.shape != expected.shape:
+        raise ValueError(
+            f"it has shape {tuple(answer.shape)}, but {tuple(expected.shape)} was expected"
+        )
+    scale = max(float(expected.norm()), 1e-300)
+    return float((answer - expected).norm()) / scale
+
+
+def _check_function(student_fn: Callable, what: str, cases, hint: str) -> CheckResult:
+    """Run ``student_fn(*args)`` for each ``(description, args, expected)`` case."""
+    if not callable(student_fn):
+        return _report(False, f"{what}: pass your function itself (a callable), "
+                              f"got {type(student_fn).__name__}")
+    for description, args, expected in cases:
+        try:
+            error = _relative_error(student_fn(*args), expected)
+        except Exception as exception:  # noqa: BLE001 - report the student's error
+            return _report(
+                False, f"{what}: your function failed for {description}: "
+                       f"{type(exception).__name__}: {exception}"
+            )
+        if not error <= RTOL:
+            return _report(
+                False, f"{what}: not yet right for {description} (relative error "
+                       f"{error:.2e}). Hint: {hint}"
+            )
+    return _report(True, f"{what}: right in all {len(cases)} cases checked.")
+
+
+def _random_symmetric(n: int, generator: torch.Generator) -> torch.Tensor:
+    a = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    return (a + a.T) / 2
+
+
+# --------------------------------------------------------------------------------------------
+# Functions the students write
+# --------------------------------------------------------------------------------------------
+
+
+def check_hvp(student_fn: Callable, seed: int = 0) -> CheckResult:
+    """Check ``student_fn(f, x, v)`` returns ``Hv`` with ``H = ∇²f(x)`` (Pearlmutter's trick).
+
+    Compared with :func:`sfn_teach.hvp.hvp` for a quadratic ``½xᵀAx``, a non-quadratic
+    ``Σ tanh(Bx)²`` and the paper's toy, at random float64 ``x`` and ``v``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    a, b = _random_symmetric(5, gen), torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    functions = [
+        ("f(x) = ½ xᵀAx with a random symmetric 5×5 A", lambda x: 0.5 * x @ a @ x, 5),
+        ("f(x) = Σ tanh(Bx)² with a random 3×5 B", lambda x: torch.tanh(b @ x).pow(2).sum(), 5),
+        ("the paper's toy 2x² + 2xy − y²", get_toy("paper").f, 2),
+    ]
+    cases = []
+    for description, f, n in functions:
+        x = torch.randn(n, generator=gen, dtype=torch.float64)
+        v = torch.randn(n, generator=gen, dtype=torch.float64)
+        arguments = (f, x.clone(), v.clone())
+        cases.append((f"{description} at a random x and v", arguments, hvp(f, x, v)))
+    return _check_function(
+        student_fn, "Hessian-vector product", cases,
+        "Hv is the derivative of the gradient along v: differentiate the scalar ∇f(x)ᵀv once "
+        "more with respect to x (keep the graph of the first gradient, create_graph=True).",
+    )
+
+
+def check_coefficients(student_fn: Callable, dampings=(0.0, 0.3, 1.0, 3.0)) -> CheckResult:
+    """Check ``student_fn(num_terms, d)`` returns ``c_0, …, c_{K−1}`` of ``1/(√(1 − x) + d)``.
+
+    Compared with :func:`sfn_teach.series.series_coefficients` (``d = λ/√V``) for
+    ``K ∈ {1, 5, 30}`` and each ``d`` in ``dampings`` (pass ``dampings=(0.0,)`` to check the
+    undamped ``a_k = C(2k, k)/4^k`` alone).
+    """
+    cases = [
+        (f"K = {terms}, d = {d:g}", (terms, d), series_coefficients(terms, damping=d, scale=1.0))
+        for d in dampings
+        for terms in (1, 5, 30)
+    ]
+    return _check_function(
+        student_fn, "series coefficients", cases,
+        "for d = 0, a_k = a_{k−1}·(2k − 1)/(2k) starting from a_0 = 1; for d > 0 divide the "
+        "power series 1 by (1 + d) + Σ_{j≥1} b_j x^j with √(1 − x) = Σ b_j x^j, term by term.",
+    )
+
+
+def check_series_direction(student_fn: Callable, seed: int = 0) -> CheckResult:
+    """Check ``student_fn(hvp, grad, num_terms, scale, damping)`` sums the series.
+
+    The answer must be ``Δ_K = V^(-½) Σ_{k<K} c_k v_k`` with ``v_0 = g`` and
+    ``v_k = v_{k−1} − H(H v_{k−1})/V`` (no acceleration), compared with
+    :func:`sfn_teach.series.sfn_direction` on a random symmetric 6×6 ``H`` with
+    ``V = max h²`` for ``K ∈ {1, 4, 25}`` and ``λ ∈ {0, 0.5}``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h = _random_symmetric(6, gen)
+    g = torch.randn(6, generator=gen, dtype=torch.float64)
+    scale = float(torch.linalg.eigvalsh(h).abs().max()) ** 2
+    cases = [
+        (f"a random 6×6 H, K = {terms}, λ = {damping:g}",
+         (lambda v: h @ v, g.clone(), terms, scale, damping),
+         sfn_direction(lambda v: h @ v, g, terms, scale, damping))
+        for damping in (0.0, 0.5)
+        for terms in (1, 4, 25)
+    ]
+    return _check_function(
+        student_fn, "series direction", cases,
+        "start from v_0 = g and S = c_0 v_0; each further term is v_k = v_{k−1} − H(H v_{k−1})/V "
+        "added with weight c_k (series_coefficients with the damping and scale); "
+        "finally divide by √V.",
+    )
+
+
+def check_wynn(student_fn: Callable, seed: int = 0) -> CheckResult:
+    """Check ``student_fn(partial_sums, order)`` is Wynn's vector ε-algorithm (plain, σ = 1).
+
+    Compared with :func:`sfn_teach.series.wynn_epsilon` on the last ``2r + 1`` of a list of
+    vectors, for ``r ∈ {0, 1, 2}``: a geometric sequence ``S + a qⁿ`` (which order 1 sums
+    exactly) and the partial sums of the series on a random symmetric matrix.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    limit, a = (torch.randn(4, generator=gen, dtype=torch.float64) for _ in range(2))
+    geometric = [limit + a * 0.7**n for n in range(7)]
+    h = _random_symmetric(4, gen)
+    x = torch.eye(4, dtype=torch.float64) - h @ h / float(torch.linalg.eigvalsh(h @ h).max())
+    coefficients = series_coefficients(9)
+    terms = [torch.linalg.matrix_power(x, k) @ limit for k in range(9)]
+    sums = [sum(c * t for c, t in zip(coefficients[: j + 1], terms[: j + 1])) for j in range(9)]
+    cases = [
+        (f"{name}, order r = {order}", ([s.clone() for s in sequence], order),
+         wynn_epsilon(sequence, order))
+        for name, sequence in (("a geometric sequence", geometric), ("series partial sums", sums))
+        for order in (0, 1, 2)
+    ]
+    return _check_function(
+        student_fn, "ε-algorithm", cases,
+        "use the last 2r + 1 sums as column ε_0, a zero column as ε_{−1}, and build columns "
+        "ε_s^{(m)} = ε_{s−2}^{(m+1)} + (ε_{s−1}^{(m+1)} − ε_{s−1}^{(m)})⁻¹ with the Samelson "
+        "inverse w⁻¹ = w/(wᵀw); the answer is the single entry of column 2r.",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Values the students predict
+# --------------------------------------------------------------------------------------------
+
+_SIGN_WORDS = {"negative": -1, "-": -1, "zero": 0, "0": 0, "positive": 1, "+": 1}
+
+
+def _as_sign(value) -> int:
+    if isinstance(value, str) and value.strip().lower() in _SIGN_WORDS:
+        return _SIGN_WORDS[value.strip().lower()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (-1, 0, 1):
+        return int(value)
+    raise ValueError(
+        f"each sign must be -1, 0, 1 or one of {sorted(_SIGN_WORDS)}, got {value!r}"
+    )
+
+
+def check_eigenvalue_signs(toy, point, answer) -> CheckResult:
+    """Check the signs of the eigenvalues ``h_1 ≤ h_2`` of ``H = ∇²f(point)``.
+
+    ``answer`` is a pair of signs in increasing order of eigenvalue, each ``-1``/``0``/``1``
+    or ``"negative"``/``"zero"``/``"positive"`` (or ``"-"``, ``"0"``, ``"+"``). An
+    eigenvalue counts as zero when ``|h| ≤ 1e-9 · max(1, ‖H‖)``.
+    """
+    toy, theta = get_toy(toy), as_point(point)
+    try:
+        signs = tuple(_as_sign(value) for value in answer)
+        if len(signs) != 2:
+            raise ValueError(f"give two signs (one per eigenvalue), got {len(signs)}")
+    except (TypeError, ValueError) as error:
+        return _report(False, f"could not read your answer: {error}")
+    h = hessian(toy, theta)
+    eigenvalues = torch.linalg.eigvalsh(h)
+    tolerance = 1e-9 * max(1.0, float(h.norm()))
+    expected = tuple(0 if abs(e) <= tolerance else int(math.copysign(1, e)) for e in eigenvalues)
+    where = f"{toy.name} at ({float(theta[0]):.4g}, {float(theta[1]):.4g})"
+    if signs == expected:
+        return _report(True, f"right: those are the signs of the curvatures of {where}.")
+    return _report(
+        False, f"not the signs of the eigenvalues of H for {where}. Hint: with h₁ ≤ h₂, "
+               "det H = h₁h₂ and trace H = h₁ + h₂; compute f_xx, f_xy and f_yy there.",
+    )
+
+
+def _check_point(answer, expected: torch.Tensor, start: torch.Tensor, what: str, where: str,
+                 hint: str) -> CheckResult:
+    """Compare a predicted point; a step of the wrong sign gets its own hint."""
+    try:
+        error = _relative_error(answer, expected)
+    except (TypeError, ValueError, RuntimeError) as exception:
+        return _report(False, f"could not read your {what}: {exception}")
+    if error <= RTOL:
+        return _report(True, f"right: that is the {what} {where}.")
+    if _relative_error(answer, 2 * start - expected) <= RTOL:
+        return _report(False, f"your {what} {where} goes the opposite way: θ₁ = θ₀ − Δ.")
+    return _report(False, f"not the {what} {where} (relative error {error:.2e}). Hint: {hint}")
+
+
+def _where(toy, theta, damping):
+    return (f"for {toy.name} from ({float(theta[0]):.4g}, {float(theta[1]):.4g})"
+            + (f" with λ = {damping:g}" if damping else ""))
+
+
+def check_newton_step(toy, point, answer, damping: float = 0.0) -> CheckResult:
+    """Check the point ``θ₁ = θ₀ − (H + λI)⁻¹ g`` after one Newton step from ``θ₀ = point``."""
+    toy, theta = get_toy(toy), as_point(point)
+    h = hessian(toy, theta) + damping * torch.eye(2, dtype=torch.float64)
+    expected = theta - torch.linalg.solve(h, gradient(toy, theta))
+    return _check_point(
+        answer, expected, theta, "point after one Newton step", _where(toy, theta, damping),
+        "solve (H + λI)Δ = g for Δ (no absolute values: Newton divides by the signed h).",
+    )
+
+
+def check_sfn_step(toy, point, answer, damping: float = 0.0) -> CheckResult:
+    """Check the point ``θ₁ = θ₀ − (|H| + λI)⁻¹ g`` after one exact saddle-free Newton step."""
+    toy, theta = get_toy(toy), as_point(point)
+    eigenvalues, q = torch.linalg.eigh(hessian(toy, theta))
+    direction = q @ ((q.T @ gradient(toy, theta)) / (eigenvalues.abs() + damping))
+    return _check_point(
+        answer, theta - direction, theta, "point after one saddle-free Newton step",
+        _where(toy, theta, damping),
+        "in the eigenbasis of H divide each component of g by |h_i| + λ, then map back.",
+    )
+
+
+def check_filter_limit(scale: float, answer: float) -> CheckResult:
+    """Check the largest ``|h|`` for which the series at scale ``V = scale`` converges.
+
+    Per eigenvalue the series is a power series in ``x = 1 − h²/V``: it converges for
+    ``|x| ≤ 1`` (``x ≠ 1``), i.e. up to ``|h| = √(2V)``.
+    """
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        return _report(False, f"give a number, got {type(answer).__name__}")
+    expected = math.sqrt(2 * scale)
+    if abs(answer - expected) <= RTOL * expected:
+        return _report(True, f"right: beyond that |h| the series at V = {scale:g} diverges.")
+    hint = "the series in x = 1 − h²/V converges while |x| ≤ 1; for which |h| does x reach −1?"
+    if abs(answer - math.sqrt(scale)) <= RTOL * expected:
+        hint = "that |h| makes x = 0, where the series converges fastest. " + hint
+    return _report(False, f"not the convergence limit for V = {scale:g}. Hint: {hint}")
