@@ -48,11 +48,11 @@ import warnings
 
 import torch
 
-from .hvp import ParamsHVP, power_iteration
+from .hvp import PARAMS_BACKENDS, ParamsHVP, power_iteration
 from .series import KINDS, exact_sfn_direction, sfn_series
 
 SCALE_RULES = ("lower_bound", "power", "fixed")
-HVP_BACKENDS = ("double-backward", "forward-over-reverse")
+HVP_BACKENDS = PARAMS_BACKENDS
 
 
 class NonFiniteStepError(ValueError):
@@ -344,9 +344,10 @@ class SeriesSFN(CurvatureOptimizer):
         kind: ``"damped"`` (target ``(|H| + λI)⁻¹g``) or ``"quasi-damped"``
             (``(H² + λI)^(-½) g``, where ``λ`` is in units of eigenvalues of ``H²``).
         hvp_backend: ``"double-backward"`` (one forward/backward per step, the graph kept for
-            every product) or ``"forward-over-reverse"`` (forward-mode AD over the gradient;
+            every product), ``"forward-over-reverse"`` (forward-mode AD over the gradient;
             re-runs the closure per product, so the closure must be deterministic and free of
-            side effects such as BatchNorm running statistics).
+            side effects such as BatchNorm running statistics) or ``"dense"`` (tiny problems:
+            ``H`` built from ``n`` products, then ``H @ v``; see :class:`~sfn_teach.hvp.ParamsHVP`).
         max_skipped_steps: consecutive non-finite steps tolerated before raising.
 
     Differences from the reference code, on purpose: ``K = 1`` honours ``λ``; ``K < 2r + 1``
@@ -455,17 +456,6 @@ class SeriesSFN(CurvatureOptimizer):
 # --------------------------------------------------------------------------------------------
 
 
-def dense_hessian(operator) -> torch.Tensor:
-    """The Hessian ``H`` as a dense matrix, one product ``H e_i`` per column, symmetrised.
-
-    ``n`` Hessian-vector products for ``n`` parameters: for small problems only.
-    """
-    n = operator.grad.numel()
-    basis = torch.eye(n, dtype=operator.grad.dtype, device=operator.grad.device)
-    columns = torch.stack([operator.matvec(e) for e in basis], dim=1)
-    return 0.5 * (columns + columns.T)
-
-
 class _DenseCurvatureOptimizer(CurvatureOptimizer):
     """Shared constructor of the dense-Hessian optimisers (``n`` HVPs per step)."""
 
@@ -488,10 +478,12 @@ class _DenseCurvatureOptimizer(CurvatureOptimizer):
         )
         super().__init__(params, defaults)
 
+    def _curvature(self, closure, params, hp):
+        return ParamsHVP(closure, params, backend="dense")
+
     def _direction(self, operator, state, hp):
-        hessian = dense_hessian(operator)
-        self.stats["num_hvps"] = hessian.shape[0]
-        return self._solve(hessian, operator.grad, state["damping"])
+        self.stats["num_hvps"] = operator.dim  # the products that built the dense Hessian
+        return self._solve(operator.hessian, operator.grad, state["damping"])
 
 
 class ExactSFN(_DenseCurvatureOptimizer):

@@ -388,3 +388,26 @@ def test_newton_with_singular_hessian_skips():
     optimizer.step(lambda: (theta[0] + theta[1]) ** 2)  # H = [[2, 2], [2, 2]] is singular
     assert optimizer.stats["skipped"] and theta.tolist() == [1.0, 1.0]
     assert math.isfinite(optimizer.stats["loss"])
+
+
+def test_dense_backend_takes_the_same_steps_as_double_backward():
+    trajectories = []
+    for backend in ("double-backward", "dense", "forward-over-reverse"):
+        model = TinyNet(seed=8)
+        optimizer = SeriesSFN(
+            model.parameters(), num_terms=6, acceleration_order=1, hvp_backend=backend,
+            adaptive=True, damping_factor=0.9,
+        )
+        for _ in range(3):
+            optimizer.step(model.loss)
+        trajectories.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    torch.testing.assert_close(trajectories[1], trajectories[0], rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(trajectories[2], trajectories[0], rtol=1e-11, atol=1e-13)
+
+
+def test_dense_backend_refuses_large_problems():
+    from sfn_teach.hvp import DENSE_MAX_DIM, ParamsHVP
+
+    theta = torch.nn.Parameter(torch.zeros(DENSE_MAX_DIM + 1))
+    with pytest.raises(ValueError, match="DENSE_MAX_DIM"):
+        ParamsHVP(lambda: (theta**2).sum(), [theta], backend="dense")
