@@ -202,12 +202,14 @@ def plot_toy(
 
 
 def loss_scale(losses: Sequence[np.ndarray]) -> str:
-    """``"symlog"`` if a loss is negative and some ``|f| > 10``, ``"log"`` if all are positive
-    and span more than two decades, else ``"linear"``."""
+    """``"symlog"`` if a loss is negative and some ``|f| > 10``; ``"log"`` if none is negative
+    and the positive ones span more than two decades (exact zeros are then left out of the
+    plot); else ``"linear"``."""
     values = np.concatenate([np.asarray(v, dtype=float).ravel() for v in losses] or [[0.0]])
-    if values.min() < 0 and np.abs(values).max() > 10:
-        return "symlog"
-    if values.min() > 0 and values.max() > 100 * values.min():
+    positive = values[values > 0]
+    if values.min() < 0:
+        return "symlog" if np.abs(values).max() > 10 else "linear"
+    if positive.size and positive.max() > 100 * positive.min():
         return "log"
     return "linear"
 
