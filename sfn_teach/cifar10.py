@@ -76,6 +76,9 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
 _CHUNK = 1 << 20
+_CHECK_URL = "Check the URL or mirror (the url argument or SFN_TEACH_CIFAR10_URL)."
+_RETRY = "Run again to download afresh, or use another mirror (the url argument or " \
+    "SFN_TEACH_CIFAR10_URL)."
 
 
 class CIFAR10Error(RuntimeError):
@@ -187,11 +190,11 @@ def _atomic_write(path, write):
         raise
 
 
-def _check_file(path, archive, origin):
+def _check_file(path, archive, origin, advice):
     """Raise :class:`CIFAR10Error` unless ``path`` has the size and SHA-256 of ``archive``.
 
     A file that fails is moved aside to ``<archive name>.bad`` (replacing an older one), so
-    that the next attempt starts from scratch; the error says where it went.
+    that the next attempt starts from scratch; the error says where it went, then ``advice``.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -205,8 +208,7 @@ def _check_file(path, archive, origin):
     os.replace(path, bad)
     raise CIFAR10Error(
         f"{path.name} from {origin} {problem}. Nothing was extracted; the file was moved aside "
-        f"to {bad} (delete it). Run again to download afresh, or check the mirror "
-        "(url argument or SFN_TEACH_CIFAR10_URL)."
+        f"to {bad} (delete it). {advice}"
     )
 
 
@@ -294,24 +296,24 @@ def _fetch(url, part, archive, progress, max_attempts, timeout):
             if http_error.code != 416:
                 raise CIFAR10Error(
                     f"downloading {url} failed: HTTP {http_error.code} {http_error.reason}. "
-                    "Check the URL or mirror (url argument or SFN_TEACH_CIFAR10_URL)."
+                    f"{_CHECK_URL}"
                 ) from http_error
             part.unlink()  # the server has no bytes past the partial file: start afresh
             error = http_error
-        except CIFAR10Error as error:
+        except CIFAR10Error as wrong_file:
             bad = part.with_name(ARCHIVE_NAME + ".bad")
             part.replace(bad)
             raise CIFAR10Error(
-                f"{error}. The partial download was moved aside to {bad} (delete it); run "
-                "again to download afresh, or use another mirror."
-            ) from error
+                f"{wrong_file}. The partial download was moved aside to {bad} (delete it); "
+                f"{_RETRY}"
+            ) from wrong_file
         except OSError as os_error:  # connection refused, reset or dropped: resume next time
             error = os_error
-    received = part.stat().st_size if part.exists() else 0
+    kept = "nothing was received"
+    if part.exists() and part.stat().st_size:
+        kept = f"{part} keeps the {part.stat().st_size:,} bytes received; run again to resume"
     raise CIFAR10Error(
-        f"downloading {url} failed after {max_attempts} attempts ({error}). {part} keeps the "
-        f"{received:,} bytes received so far; run again to resume, or check the URL or mirror "
-        "(url argument or SFN_TEACH_CIFAR10_URL)."
+        f"downloading {url} failed after {max_attempts} attempts ({error}): {kept}. {_CHECK_URL}"
     )
 
 
@@ -341,14 +343,14 @@ def download_cifar10(
     target = directory / ARCHIVE_NAME
     if target.exists():
         try:
-            _check_file(target, archive, "the data directory")
+            _check_file(target, archive, "the data directory", "Downloading it again.")
             return target
         except CIFAR10Error as error:
-            warnings.warn(f"{error} Downloading it again.", RuntimeWarning, stacklevel=2)
+            warnings.warn(str(error), RuntimeWarning, stacklevel=2)
     url = url or os.environ.get("SFN_TEACH_CIFAR10_URL") or URL
     part = directory / (ARCHIVE_NAME + ".part")
     _fetch(url, part, archive, progress, max_attempts, timeout)
-    _check_file(part, archive, url)
+    _check_file(part, archive, url, _RETRY)
     os.replace(part, target)
     return target
 
@@ -514,7 +516,8 @@ def load_cifar10(
     if download:
         path = download_cifar10(directory, url, archive, progress)
     elif path.exists():
-        _check_file(path, archive, "the data directory")
+        _check_file(path, archive, "the data directory",
+                    f"Load with download=True, or put a good copy of {ARCHIVE_NAME} there.")
     else:
         raise CIFAR10Error(
             f"{path} does not exist: call with download=True, put a copy of {ARCHIVE_NAME} "

@@ -216,7 +216,7 @@ def test_resume_across_calls_keeps_the_partial_file(server, archive, tmp_path):
     data, spec = archive
     url = server.serve(data)
     server.drop_after, server.drops = 123_456, 1
-    with pytest.raises(CIFAR10Error, match=r"failed after 1 attempts.*keeps the 123,456 bytes"):
+    with pytest.raises(CIFAR10Error, match=r"1 attempts.*keeps the 123,456 bytes received; run"):
         download_cifar10(tmp_path, url=url, archive=spec, progress=False, max_attempts=1)
     assert (tmp_path / (ARCHIVE_NAME + ".part")).stat().st_size == 123_456
     path = download_cifar10(tmp_path, url=url, archive=spec, progress=False)
@@ -365,6 +365,14 @@ def test_unreadable_cache_is_rebuilt(server, archive, expected, tmp_path):
         arrays = load_cifar10(tmp_path, download=False, archive=spec)
     assert_equal_arrays(arrays, expected)
     assert_equal_arrays(load_cifar10(tmp_path, download=False, archive=spec), expected)
+
+
+def test_bad_archive_without_download_is_moved_aside(tmp_path, archive):
+    (tmp_path / ARCHIVE_NAME).write_bytes(archive[0][:-1])
+    with pytest.raises(CIFAR10Error, match=r"moved aside .*\.bad \(delete it\)\. Load with "
+                                           r"download=True"):
+        load_cifar10(tmp_path, download=False, archive=archive[1])
+    assert os.listdir(tmp_path) == [ARCHIVE_NAME + ".bad"]
 
 
 def test_missing_archive_without_download_says_what_to_do(tmp_path, archive):
