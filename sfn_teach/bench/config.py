@@ -1,0 +1,372 @@
+"""Benchmark configs: read a TOML or JSON file and validate all of it before any training.
+
+A config names a task (dataset), a model, a training budget, seeds and a list of optimisers
+with their hyperparameters (see ``benchmarks/digits_mlp.toml``). :func:`validate_config` checks
+every field and raises :class:`ConfigError` naming the first bad one (``optimizers[2].lr``),
+its value and what is allowed; optimiser hyperparameters are checked by constructing the
+optimiser once on a dummy parameter, so the rules are the optimiser's own. Schema::
+
+    name = "digits_mlp"          # optional; default: the file name without suffix
+    task = "digits"              # a key of sfn_teach.data.DATASETS
+    dtype = "float64"            # "float32" (default) or "float64"
+    device = "cpu"               # "cpu" (default), "cuda", "cuda:1", ...
+
+    [model]                      # type "mlp": hidden = [24], activation = "tanh" (defaults)
+    [train]                      # epochs = E or steps = N (one of them); batch_size (default
+                                 # for every optimiser); evals = 20 (evaluations after step 0,
+                                 # evenly spaced); checkpoint_every = 1 (in evaluations);
+                                 # seeds = [0, 1, 2]; eval_batch_size (default: whole splits)
+    [cost]                       # hvp = 2.0, forward = 0.5 (gradient-equivalents)
+    [report]                     # target_loss (default 0.1), target_split = "val"
+    [fast]                       # steps = 4, evals = 2, seeds = the first two (fast mode)
+
+    [[optimizers]]               # one table per optimiser
+    name = "Adam"                # label in tables and plots, unique
+    type = "adam"                # a key of sfn_teach.train.OPTIMIZERS
+    batch_size = 400             # optional override of train.batch_size
+    lr = 1e-3                    # every other key is a hyperparameter of the optimiser
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..data import DATASETS
+from ..models import MLP, count_parameters
+from ..train import OPTIMIZERS, CostModel
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DENSE_OPTIMIZERS = ("exact_sfn", "newton")
+MAX_DENSE_PARAMETERS = 5000  # the dense Hessian costs one HVP per parameter, every step
+SPLIT_NAMES = ("train", "val", "test")
+TOP_LEVEL = ("name", "task", "dtype", "device", "model", "train", "cost", "report", "fast",
+             "optimizers")
+FAST_DEFAULTS = {"steps": 4, "evals": 2}
+
+
+class ConfigError(ValueError):
+    """A config field is missing, unknown, of the wrong type or out of range.
+
+    ``field`` is the dotted path of the bad field, e.g. ``"optimizers[1].lr"``.
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"config field '{field}': {message}")
+        self.field = field
+
+
+# --------------------------------------------------------------------------------------------
+# Field checks: each returns the value or raises ConfigError naming the field
+# --------------------------------------------------------------------------------------------
+
+
+def _table(value, path, allowed, required=()):
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"must be a table, got {type(value).__name__} {value!r}")
+    for key in value:
+        if key not in allowed:
+            raise ConfigError(f"{path}.{key}" if path else key,
+                              f"unknown field (valid: {', '.join(allowed)})")
+    for key in required:
+        if key not in value:
+            raise ConfigError(f"{path}.{key}" if path else key, "missing (required)")
+    return value
+
+
+def _int(value, path, low, high=math.inf):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, f"must be an integer, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        bound = f"between {low} and {high}" if high < math.inf else f">= {low}"
+        raise ConfigError(path, f"must be an integer {bound}, got {value}")
+    return value
+
+
+def _positive_number(value, path, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(path, f"must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(path, f"must be a finite number {'>=' if allow_zero else '>'} 0, "
+                                f"got {value}")
+    return float(value)
+
+
+def _choice(value, path, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _seeds(value, path):
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, f"must be a non-empty list of integers, got {value!r}")
+    seeds = [_int(seed, f"{path}[{i}]", 0, 2**63 - 1) for i, seed in enumerate(value)]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(path, f"must not repeat a seed, got {seeds}")
+    return tuple(seeds)
+
+
+# --------------------------------------------------------------------------------------------
+# The validated config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimiser of a benchmark: ``OPTIMIZERS[type](params, **hyperparameters)``."""
+
+    name: str
+    type: str
+    batch_size: int
+    hyperparameters: dict
+    slug: str  # the name as a directory name: lower case, runs of other characters -> '-'
+
+    def build(self, params):
+        """The optimiser over ``params``."""
+        return OPTIMIZERS[self.type](params, **self.hyperparameters)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """A validated benchmark (see the module docstring for the fields and defaults)."""
+
+    name: str
+    task: str
+    dtype: torch.dtype
+    device: torch.device
+    model: dict
+    epochs: int | None
+    steps: int | None
+    evals: int
+    checkpoint_every: int
+    seeds: tuple
+    eval_batch_size: int | None
+    cost: CostModel
+    target_loss: float
+    target_split: str
+    optimizers: tuple
+    fast: dict
+    raw: dict = field(repr=False)  # the config as read, for the run directory
+
+    def num_steps(self, spec: OptimizerSpec) -> int:
+        """The step budget of ``spec``: ``steps``, or ``epochs × ⌊N_train / batch_size⌋``."""
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * (DATASETS[self.task].sizes["train"] // spec.batch_size)
+
+    def eval_every(self, spec: OptimizerSpec) -> int:
+        """Steps between evaluations: ``⌈num_steps / evals⌉``."""
+        return max(1, -(-self.num_steps(spec) // self.evals))
+
+    def runs(self):
+        """Every ``(spec, seed)`` of the benchmark, optimiser by optimiser."""
+        return [(spec, seed) for spec in self.optimizers for seed in self.seeds]
+
+    def fast_version(self) -> BenchmarkConfig:
+        """The same benchmark with the tiny budget of ``[fast]`` (for tests and previews)."""
+        return replace(self, epochs=None, steps=self.fast["steps"], evals=self.fast["evals"],
+                       seeds=self.fast["seeds"], checkpoint_every=1)
+
+
+def _mlp(spec, info):
+    """The MLP ``n_in → hidden… → num_classes`` of a ``[model]`` table with type "mlp"."""
+    sizes = (math.prod(info.input_shape), *spec["hidden"], info.num_classes)
+    return MLP(sizes, activation=spec["activation"])
+
+
+MODELS = {"mlp": ({"hidden": [24], "activation": "tanh"}, _mlp)}
+"""Model types a config can name: ``type -> (defaults, build(spec, dataset_info))``."""
+
+
+def build_model(config: BenchmarkConfig) -> torch.nn.Module:
+    """The config's model, in its dtype on its device (parameters from the current RNG)."""
+    build = MODELS[config.model["type"]][1]
+    model = build(config.model, DATASETS[config.task])
+    return model.to(device=config.device, dtype=config.dtype)
+
+
+def _field_in_message(error, keys, path):
+    """``path.key`` for the first of ``keys`` that the message of ``error`` names, else ``path``."""
+    named = [key for key in keys if re.search(rf"\b{re.escape(key)}\b", str(error))]
+    return f"{path}.{named[0]}" if named else path
+
+
+def _check_optimizer(kind, hyperparameters, path):
+    """Construct the optimiser once on a dummy parameter; name the culprit if it refuses.
+
+    The culprit is the hyperparameter the error message names, else the first one that is
+    refused on its own (all others at their defaults).
+    """
+    optimizer_class = OPTIMIZERS[kind]
+
+    def refused(**chosen):
+        try:
+            optimizer_class([torch.zeros(1, requires_grad=True)], **chosen)
+        except (TypeError, ValueError) as error:
+            return error
+        return None
+
+    error = refused(**hyperparameters)
+    if error is None:
+        return
+    field = _field_in_message(error, hyperparameters, path)
+    if field == path:
+        field = next((f"{path}.{key}" for key, value in hyperparameters.items()
+                      if refused(**{key: value})), path)
+    raise ConfigError(field, f"invalid hyperparameters for {kind}: {error}")
+
+
+def _model(raw, info):
+    """The validated ``[model]`` table (defaults filled in) and its number of parameters."""
+    kind = _choice(raw.get("type", "mlp") if isinstance(raw, dict) else None, "model.type",
+                   tuple(MODELS))
+    defaults, build = MODELS[kind]
+    spec = {"type": kind, **defaults, **_table(raw, "model", ("type", *defaults))}
+    for key, default in defaults.items():
+        if type(spec[key]) is not type(default):
+            raise ConfigError(f"model.{key}", f"must be a {type(default).__name__}, "
+                                              f"got {spec[key]!r}")
+        if isinstance(default, list):
+            for i, item in enumerate(spec[key]):
+                _int(item, f"model.{key}[{i}]", 1)
+    try:
+        model = build(spec, info)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(_field_in_message(error, defaults, "model"), str(error)) from None
+    return spec, count_parameters(model)
+
+
+def _optimizer(raw, i, default_batch_size, num_train):
+    path = f"optimizers[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"must be a table, got {raw!r}")
+    for key in ("name", "type"):
+        if key not in raw:
+            raise ConfigError(f"{path}.{key}", "missing (required)")
+    if not isinstance(raw["name"], str) or not raw["name"].strip():
+        raise ConfigError(f"{path}.name", f"must be a non-empty string, got {raw['name']!r}")
+    kind = _choice(raw["type"], f"{path}.type", tuple(OPTIMIZERS))
+    batch_size = raw.get("batch_size", default_batch_size)
+    if batch_size is None:
+        raise ConfigError(f"{path}.batch_size", "missing: set it here or in train.batch_size")
+    _int(batch_size, f"{path}.batch_size", 1, num_train)
+    hyperparameters = {k: v for k, v in raw.items() if k not in ("name", "type", "batch_size")}
+    valid = [p for p in inspect.signature(OPTIMIZERS[kind]).parameters if p != "params"]
+    for key, value in hyperparameters.items():
+        if key not in valid:
+            raise ConfigError(f"{path}.{key}",
+                              f"unknown hyperparameter of {kind} (valid: {', '.join(valid)})")
+        if isinstance(value, list):  # TOML arrays, e.g. Adam's betas
+            hyperparameters[key] = tuple(value)
+    if "lr" in hyperparameters:
+        _positive_number(hyperparameters["lr"], f"{path}.lr")
+    _check_optimizer(kind, hyperparameters, path)
+    slug = re.sub(r"[^a-z0-9]+", "-", raw["name"].lower()).strip("-")
+    return OptimizerSpec(raw["name"], kind, batch_size, hyperparameters, slug)
+
+
+def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
+    """Check every field of ``raw`` and return the :class:`BenchmarkConfig`.
+
+    Raises :class:`ConfigError` naming the first bad field; nothing is trained or loaded.
+    """
+    _table(raw, "", TOP_LEVEL, required=("task", "train", "optimizers"))
+    name = raw.get("name", name)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError("name", f"must be letters, digits, '_', '.' or '-', got {name!r}")
+    task = _choice(raw["task"], "task", tuple(DATASETS))
+    info = DATASETS[task]
+    dtype = DTYPES[_choice(raw.get("dtype", "float32"), "dtype", tuple(DTYPES))]
+    device_name = raw.get("device", "cpu")
+    try:
+        device = torch.device(device_name)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", f"must be a torch device such as 'cpu' or 'cuda', "
+                                    f"got {device_name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"is {device_name!r}, but no CUDA device is available")
+    model, num_parameters = _model(raw.get("model", {}), info)
+
+    train = _table(raw["train"], "train", ("epochs", "steps", "batch_size", "evals",
+                                           "checkpoint_every", "seeds", "eval_batch_size"),
+                   required=("seeds",))
+    if ("epochs" in train) == ("steps" in train):
+        raise ConfigError("train.epochs", "give exactly one of train.epochs and train.steps")
+    epochs = _int(train["epochs"], "train.epochs", 1) if "epochs" in train else None
+    steps = _int(train["steps"], "train.steps", 1) if "steps" in train else None
+    default_batch_size = train.get("batch_size")
+    if default_batch_size is not None:
+        _int(default_batch_size, "train.batch_size", 1, info.sizes["train"])
+    evals = _int(train.get("evals", 20), "train.evals", 1)
+    checkpoint_every = _int(train.get("checkpoint_every", 1), "train.checkpoint_every", 1)
+    seeds = _seeds(train["seeds"], "train.seeds")
+    eval_batch_size = train.get("eval_batch_size")
+    if eval_batch_size is not None:
+        _int(eval_batch_size, "train.eval_batch_size", 1)
+
+    cost = _table(raw.get("cost", {}), "cost", ("hvp", "forward"))
+    cost = CostModel(
+        hvp=_positive_number(cost.get("hvp", 2.0), "cost.hvp"),
+        forward=_positive_number(cost.get("forward", 0.5), "cost.forward", allow_zero=True),
+    )
+    report = _table(raw.get("report", {}), "report", ("target_loss", "target_split"))
+    target_loss = _positive_number(report.get("target_loss", 0.1), "report.target_loss")
+    target_split = _choice(report.get("target_split", "val"), "report.target_split", SPLIT_NAMES)
+
+    fast = {**FAST_DEFAULTS, "seeds": list(seeds[:2]),
+            **_table(raw.get("fast", {}), "fast", ("steps", "evals", "seeds"))}
+    fast = {"steps": _int(fast["steps"], "fast.steps", 1),
+            "evals": _int(fast["evals"], "fast.evals", 1),
+            "seeds": _seeds(fast["seeds"], "fast.seeds")}
+
+    if not isinstance(raw["optimizers"], list) or not raw["optimizers"]:
+        raise ConfigError("optimizers", "must be a non-empty list of tables ([[optimizers]])")
+    optimizers = tuple(_optimizer(entry, i, default_batch_size, info.sizes["train"])
+                       for i, entry in enumerate(raw["optimizers"]))
+    for i, spec in enumerate(optimizers):
+        if any(spec.slug == other.slug for other in optimizers[:i]):
+            raise ConfigError(f"optimizers[{i}].name", f"{spec.name!r} is not unique (names "
+                                                       "must differ in letters or digits)")
+    for i, spec in enumerate(optimizers):
+        if spec.type in DENSE_OPTIMIZERS and num_parameters > MAX_DENSE_PARAMETERS:
+            raise ConfigError(f"optimizers[{i}].type", f"{spec.type} forms the dense Hessian, "
+                              f"but the model has {num_parameters} parameters (at most "
+                              f"{MAX_DENSE_PARAMETERS})")
+
+    return BenchmarkConfig(
+        name=name, task=task, dtype=dtype, device=device, model=model, epochs=epochs,
+        steps=steps, evals=evals, checkpoint_every=checkpoint_every, seeds=seeds,
+        eval_batch_size=eval_batch_size, cost=cost, target_loss=target_loss,
+        target_split=target_split, optimizers=optimizers, fast=fast, raw=raw,
+    )
+
+
+def load_config(path) -> BenchmarkConfig:
+    """Read and validate a ``.toml`` or ``.json`` config file (name: the file's stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("file", f"{path} does not exist")
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError("file", f"{path} is not valid JSON: {error}") from None
+    elif path.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            raise ConfigError("file", f"{path}: TOML needs Python >= 3.11; use JSON") from None
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError("file", f"{path} is not valid TOML: {error}") from None
+    else:
+        raise ConfigError("file", f"{path} must end in .toml or .json")
+    return validate_config(raw, name=path.stem)

@@ -1,0 +1,206 @@
+"""Read a benchmark's run directory back: the summary table over seeds and the figures.
+
+Statistics over seeds are the **median** and the **range** (min–max), written
+``median [min–max]``. For each optimiser the table gives, over its seeds, the final test loss
+and accuracy, the training time (training steps only) and the work in gradient-equivalents,
+and the time and work until the first evaluation at which the target split's loss is at most
+the target (``report.target_loss``). A run that never reaches the target counts as ∞ there, so
+the median is ∞ ("—") when fewer than half the seeds reach it; the ``reached`` column says how
+many did. No interpolation between evaluations: the times are those of the evaluation.
+
+Curves are drawn per optimiser as the median over seeds at each evaluation (the ``x`` value
+too, e.g. the median wall-clock), with the min–max band of the ``y`` values. Figures are
+:class:`matplotlib.figure.Figure` objects (no pyplot state), shown inline by Jupyter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+AXES = {
+    "step": "step",
+    "epoch": "epoch",
+    "wall_clock": "wall-clock of training steps (s)",
+    "grad_equivalents": "gradient-equivalents",
+}
+STATS = {"damping": "damping λ", "scale": "scale V", "alpha": "α", "mu": "μ"}
+
+
+def _runs(records):
+    """``{optimiser: [records of seed 1, records of seed 2, …]}`` in first-seen order."""
+    runs = {}
+    for record in records:
+        runs.setdefault(record["optimizer"], {}).setdefault(record["seed"], []).append(record)
+    return {name: list(seeds.values()) for name, seeds in runs.items()}
+
+
+def _spread(values):
+    """``{"median", "min", "max"}`` of a list of numbers (``math.inf`` allowed)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _first_reaching(run, key, target):
+    """The first record of ``run`` whose ``key`` is at most ``target``, or ``None``."""
+    return next((r for r in run if r[key] is not None and r[key] <= target), None)
+
+
+def summarise(records, target_loss, target_split="val") -> list[dict]:
+    """One row per optimiser: medians and ranges over seeds (see the module docstring)."""
+    rows = []
+    key = f"{target_split}_loss"
+    for name, runs in _runs(records).items():
+        finals = [run[-1] for run in runs]
+        hits = [_first_reaching(run, key, target_loss) for run in runs]
+        rows.append({
+            "optimizer": name,
+            "seeds": len(runs),
+            "steps": _spread([r["step"] for r in finals]),
+            "test_loss": _spread([r["test_loss"] for r in finals]),
+            "test_accuracy": _spread([r["test_accuracy"] for r in finals]),
+            "wall_clock": _spread([r["wall_clock"] for r in finals]),
+            "grad_equivalents": _spread([r["grad_equivalents"] for r in finals]),
+            "time_to_target": _spread([h["wall_clock"] if h else math.inf for h in hits]),
+            "grad_equivalents_to_target": _spread(
+                [h["grad_equivalents"] if h else math.inf for h in hits]),
+            "reached": sum(h is not None for h in hits),
+        })
+    return rows
+
+
+def _cell(spread, digits):
+    def number(x):
+        return "—" if math.isinf(x) else f"{x:.{digits}g}"
+
+    if spread["min"] == spread["max"]:
+        return number(spread["median"])
+    return f"{number(spread['median'])} [{number(spread['min'])}–{number(spread['max'])}]"
+
+
+def format_table(rows, target_loss, target_split="val") -> str:
+    """The summary rows as a Markdown table (``median [min–max]`` over seeds)."""
+    target = f"{target_split} loss ≤ {target_loss:g}"
+    header = ["optimiser", "seeds", "steps", "final test loss", "final test accuracy",
+              "train time (s)", "grad-equivalents", f"time to {target} (s)",
+              "grad-equiv. to target", "reached"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["optimizer"], str(row["seeds"]), _cell(row["steps"], 6),
+                 _cell(row["test_loss"], 3), _cell(row["test_accuracy"], 3),
+                 _cell(row["wall_clock"], 3), _cell(row["grad_equivalents"], 3),
+                 _cell(row["time_to_target"], 3), _cell(row["grad_equivalents_to_target"], 3),
+                 f"{row['reached']}/{row['seeds']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _median_curve(runs, x, y):
+    """Per evaluation index: median ``x``, and median, min and max ``y`` over the seeds."""
+    length = min(len(run) for run in runs)
+    points = []
+    for i in range(length):
+        ys = [run[i][y] for run in runs]
+        if any(v is None for v in ys):
+            continue
+        points.append((statistics.median(run[i][x] for run in runs),
+                       statistics.median(ys), min(ys), max(ys)))
+    return [list(column) for column in zip(*points)] if points else None
+
+
+def plot_curves(records, y="test_loss", xs=("step", "wall_clock", "grad_equivalents"),
+                log_y=None) -> Figure:
+    """``y`` against each of ``xs``, one panel each: median over seeds and min–max band.
+
+    ``log_y`` defaults to a log scale for losses. Optimisers for which ``y`` is never defined
+    are left out.
+    """
+    log_y = y.endswith("loss") if log_y is None else log_y
+    figure = Figure(figsize=(4.2 * len(xs), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(xs), squeeze=False)[0]
+    for name, runs in _runs(records).items():
+        for ax, x in zip(axes, xs):
+            curve = _median_curve(runs, x, y)
+            if curve is None:
+                continue
+            px, median, low, high = curve
+            (line,) = ax.plot(px, median, label=name)
+            ax.fill_between(px, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    for ax, x in zip(axes, xs):
+        ax.set_xlabel(AXES.get(x, x))
+        ax.set_ylabel(y.replace("_", " "))
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    return figure
+
+
+def plot_optimizer_stats(records, x="step") -> Figure:
+    """λ, V, α and μ of the last step at each evaluation, per optimiser that has them.
+
+    Median over seeds with min–max band; λ and V on a log scale.
+    """
+    figure = Figure(figsize=(8.4, 6.2), layout="constrained")
+    axes = figure.subplots(2, 2).ravel()
+    for ax, (key, label) in zip(axes, STATS.items()):
+        for name, runs in _runs(records).items():
+            curve = _median_curve(runs, x, key)
+            if curve is None:
+                continue
+            px, median, low, high = curve
+            (line,) = ax.plot(px, median, label=name, marker=".")
+            ax.fill_between(px, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if key in ("damping", "scale") and ax.lines:
+            ax.set_yscale("log")
+        ax.set_xlabel(AXES.get(x, x))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    return figure
+
+
+FIGURES = {
+    "train_loss.png": lambda records: plot_curves(records, "train_loss"),
+    "test_loss.png": lambda records: plot_curves(records, "test_loss"),
+    "test_accuracy.png": lambda records: plot_curves(records, "test_accuracy"),
+    "optimizer_stats.png": plot_optimizer_stats,
+}
+"""The figures :func:`write_report` saves, by file name."""
+
+
+def _finite_or_none(rows):
+    """The rows with ∞ (target never reached) as ``None``, for strict JSON."""
+    return [
+        {key: {k: None if math.isinf(v) else v for k, v in value.items()}
+         if isinstance(value, dict) else value for key, value in row.items()}
+        for row in rows
+    ]
+
+
+def write_report(out_dir, config, records, log=print) -> list[dict]:
+    """Write ``summary.md``, ``summary.json`` and the :data:`FIGURES` into ``out_dir``.
+
+    ``config`` is the benchmark's :class:`~sfn_teach.bench.config.BenchmarkConfig` (for its
+    name and target). Prints the table through ``log`` and returns the summary rows
+    (:func:`summarise`).
+    """
+    out_dir = Path(out_dir)
+    if not records:
+        raise FileNotFoundError(f"{out_dir} holds no records yet")
+    rows = summarise(records, config.target_loss, config.target_split)
+    table = format_table(rows, config.target_loss, config.target_split)
+    (out_dir / "summary.md").write_text(
+        f"# {config.name}\n\nMedian [min–max] over seeds; times are training steps only.\n\n"
+        f"{table}\n"
+    )
+    (out_dir / "summary.json").write_text(json.dumps(_finite_or_none(rows), indent=2) + "\n")
+    for name, make in FIGURES.items():
+        make(records).savefig(out_dir / name, dpi=110)
+    log(table)
+    log(f"report: {out_dir / 'summary.md'} and {', '.join(FIGURES)} in {out_dir}")
+    return rows

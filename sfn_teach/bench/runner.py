@@ -1,0 +1,210 @@
+"""Run a benchmark: every optimiser × seed, resumable after a kill at any moment.
+
+**Run directory.** ``run_benchmark(config, out_dir)`` writes::
+
+    out_dir/config.json              the config as read, and whether fast mode was on
+    out_dir/<optimiser>-seed<s>/     one folder per run:
+        records.jsonl                one JSON record per evaluation (see below)
+        checkpoint.pt[.prev]         the newest (and the previous) checkpoint
+    out_dir/summary.md, summary.json, *.png    the report (:func:`report_benchmark`)
+
+A record is :meth:`sfn_teach.train.Trainer.record` plus ``run_id``, ``optimizer`` (its name)
+and ``seed``.
+
+**Consistency under SIGKILL.** Each record is written, flushed and ``fsync``\\ ed before the
+checkpoint that covers it, and every checkpoint stores ``num_records``, how many records its run
+had written. On resume the run's ``records.jsonl`` is cut back to that many lines, and training
+continues from the checkpoint; since a run is deterministic, the records after it are made
+again, identical but for ``wall_clock``. So a kill at any moment (mid-step, between a record
+and its checkpoint, or mid-way through writing a checkpoint, see
+:mod:`sfn_teach.checkpoint`) loses no record and duplicates none. A run is finished when its
+checkpoint is at the last step; finished runs are skipped on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, fault_point, load_latest_checkpoint, save_checkpoint
+from ..data import DATASETS
+from ..train import Trainer, seed_everything
+from .config import BenchmarkConfig, ConfigError, build_model, load_config, validate_config
+from .report import write_report
+
+CONFIG_FILE = "config.json"
+RECORDS_FILE = "records.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def fast_from_environment() -> bool:
+    """Whether ``SFN_TEACH_FAST`` asks for fast mode (set and not ``0``/``false``/empty)."""
+    return os.environ.get("SFN_TEACH_FAST", "").lower() not in ("", "0", "false", "no")
+
+
+def as_config(config) -> BenchmarkConfig:
+    """A :class:`BenchmarkConfig` from a config, a path to a config file, or a raw dict."""
+    if isinstance(config, BenchmarkConfig):
+        return config
+    if isinstance(config, dict):
+        return validate_config(config)
+    return load_config(config)
+
+
+def run_id(spec, seed) -> str:
+    """The name of a run's folder: ``<optimiser slug>-seed<seed>``."""
+    return f"{spec.slug}-seed{seed}"
+
+
+def truncate_records(path: Path, count: int) -> None:
+    """Cut the JSON Lines file ``path`` back to its first ``count`` complete lines.
+
+    Raises :class:`CheckpointError` if it has fewer (records a checkpoint covers are missing).
+    """
+    data = path.read_bytes() if path.exists() else b""
+    end = 0
+    for _ in range(count):
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            raise CheckpointError(
+                f"{path} has fewer than the {count} records its checkpoint covers; the run "
+                f"folder {path.parent} is damaged: delete it to run that run again"
+            )
+        end = newline + 1
+    with open(path, "ab") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+
+
+def _prepare(out_dir: Path, config: BenchmarkConfig, fast: bool, resume: bool) -> None:
+    """Create ``out_dir`` with its ``config.json``, or check it matches when resuming."""
+    stored = {"config": config.raw, "name": config.name, "fast": fast}
+    path = out_dir / CONFIG_FILE
+    if path.exists():
+        if not resume:
+            raise FileExistsError(
+                f"{out_dir} already holds a benchmark; pass --resume (resume=True) to continue "
+                "it, or choose another output folder"
+            )
+        if json.loads(path.read_text()) != json.loads(json.dumps(stored)):
+            raise ConfigError(
+                "file", f"{out_dir} was made with a different config or fast setting; resume "
+                "with the same one, or choose another output folder"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=2) + "\n")
+
+
+def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=False,
+            progress=True, log=print, on_record=None) -> list[dict]:
+    """Train one ``(optimiser, seed)`` run into ``run_dir``; return all its records.
+
+    Seeds every generator with ``seed`` and builds the model and optimiser; with ``resume``,
+    continues from the newest good checkpoint in ``run_dir`` (saying so if it had to skip a
+    corrupt one), else starts afresh. ``on_record(record)`` is called after each record is
+    durable and checkpointed (live plots, a tuner's report).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records_path, checkpoint_path = run_dir / RECORDS_FILE, run_dir / CHECKPOINT_FILE
+    seed_everything(seed)
+    model = build_model(config)
+    trainer = Trainer(model, spec.build(model.parameters()), dataset, spec.batch_size, seed,
+                      cost=config.cost, eval_batch_size=config.eval_batch_size)
+    num_steps, identity = config.num_steps(spec), {"run_id": run_id(spec, seed),
+                                                    "optimizer": spec.name, "seed": seed}
+    if resume:
+        state, used, problems = load_latest_checkpoint(checkpoint_path, config.device)
+        for problem in problems:
+            log(f"warning: {problem}; resuming from the previous checkpoint {used} instead")
+        if state is not None:
+            trainer.load_state_dict(state)
+    truncate_records(records_path, trainer.num_records)
+    if trainer.step >= num_steps:
+        log(f"{identity['run_id']}: already finished ({num_steps} steps)")
+        return read_records(records_path)
+
+    with open(records_path, "a") as records:
+
+        def write(record):
+            records.write(json.dumps({**identity, **record}) + "\n")
+            records.flush()
+            os.fsync(records.fileno())
+            fault_point("record")
+            if trainer.num_records % config.checkpoint_every == 0 or trainer.step == num_steps:
+                save_checkpoint(trainer.state_dict(), checkpoint_path)
+            if on_record is not None:
+                on_record({**identity, **record})
+
+        trainer.run(num_steps, config.eval_every(spec), write, progress, identity["run_id"])
+    return read_records(records_path)
+
+
+def read_records(path) -> list[dict]:
+    """The records of one JSON Lines file, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, log=print,
+                  on_record=None):
+    """Run every ``(optimiser, seed)`` of ``config`` into ``out_dir``, then write the report.
+
+    Args:
+        config: a :class:`BenchmarkConfig`, a path to a TOML/JSON file, or a raw dict.
+        out_dir: the run directory (created; refused if it holds a benchmark, unless
+            ``resume``).
+        fast: use the ``[fast]`` budget; ``None`` reads ``SFN_TEACH_FAST``.
+        resume: continue an interrupted benchmark in ``out_dir`` (same config required).
+        progress: tqdm bars and ``log`` lines; ``False`` is silent.
+        log: where progress lines go (``print``).
+        on_record: called with every record once it is durable.
+
+    The config is validated before anything is trained. Returns the report's summary rows
+    (:func:`report_benchmark`).
+    """
+    config = as_config(config)
+    fast = fast_from_environment() if fast is None else fast
+    log = log if progress else (lambda message: None)
+    if fast:
+        config = config.fast_version()
+    out_dir = Path(out_dir)
+    _prepare(out_dir, config, fast, resume)
+    dataset = DATASETS[config.task].load(config.dtype, config.device)
+    runs = config.runs()
+    for index, (spec, seed) in enumerate(runs, start=1):
+        log(f"[{index}/{len(runs)}] {spec.name}, seed {seed}: {config.num_steps(spec)} steps "
+            f"of batch {spec.batch_size}")
+        records = run_one(config, spec, seed, dataset, out_dir / run_id(spec, seed),
+                          resume=resume, progress=progress, log=log, on_record=on_record)
+        last = records[-1]
+        log(f"    test loss {last['test_loss']:.4g}, test accuracy {last['test_accuracy']:.3f}, "
+            f"{last['wall_clock']:.2f} s, {last['grad_equivalents']:.0f} gradient-equivalents")
+    return report_benchmark(out_dir, log=log)
+
+
+def load_benchmark(out_dir):
+    """``(config, records)`` of a run directory: its validated config and every record.
+
+    Records come optimiser by optimiser, seed by seed, as in the config; runs that have not
+    started yet are absent.
+    """
+    out_dir = Path(out_dir)
+    stored = json.loads((out_dir / CONFIG_FILE).read_text())
+    config = validate_config(stored["config"], stored["name"])
+    if stored["fast"]:
+        config = config.fast_version()
+    records = []
+    for spec, seed in config.runs():
+        path = out_dir / run_id(spec, seed) / RECORDS_FILE
+        if path.exists():
+            records += read_records(path)
+    return config, records
+
+
+def report_benchmark(out_dir, log=print) -> list[dict]:
+    """Summary table and figures of the run directory ``out_dir`` (see :mod:`.report`)."""
+    config, records = load_benchmark(out_dir)
+    return write_report(out_dir, config, records, log=log)
