@@ -224,11 +224,10 @@ def plot_losses(trajectories: Sequence[Trajectory], ax=None, *, legend: bool = T
     for trajectory, color in zip(trajectories, _colors(trajectories)):
         ax.plot(trajectory.losses, color=color, lw=1.5, label=_legend_label(trajectory))
     scale = loss_scale([t.losses for t in trajectories])
-    if scale == "symlog":
-        ax.set_yscale("symlog", linthresh=1.0)
-        _plain_numbers(ax.yaxis)
-    elif scale == "log":
-        ax.set_yscale("log")
+    if ax.get_yscale() != scale:  # (setting the scale anew would rebuild the ticks)
+        ax.set_yscale(scale, **({"linthresh": 1.0} if scale == "symlog" else {}))
+        if scale == "symlog":
+            _plain_numbers(ax.yaxis)
     ax.set_xlabel("step t")
     ax.set_ylabel(r"loss $f(\theta_t)$")
     ax.set_title("loss against step", fontsize="medium")
