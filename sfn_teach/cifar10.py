@@ -657,9 +657,7 @@ def random_crop_flip(images, generator=None, padding=4):
     n, channels, height, width = images.shape
     device = images.device
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy, dx = torch.randint(
-        2 * padding + 1, (2, n, 1), generator=generator, device=device
-    )
+    dy, dx = torch.randint(2 * padding + 1, (2, n, 1), generator=generator, device=device)
     flip = torch.rand(n, 1, generator=generator, device=device) < 0.5
     rows = dy + torch.arange(height, device=device)
     columns = torch.arange(width, device=device)
@@ -683,8 +681,8 @@ class DeviceLoader:
     ``images`` (``uint8 [N, 3, 32, 32]``) and ``labels`` are copied to ``device`` once.
     Iterating yields ``(float32 images [B, 3, 32, 32], int64 labels [B])``: the batch is
     indexed on the device, optionally augmented by :func:`random_crop_flip` (still ``uint8``),
-    then :func:`normalize`\\ d, and with ``channels_last`` put in that memory format. No
-    per-sample Python work.
+    then normalised by :func:`normalize`, and with ``channels_last`` put in that memory format.
+    No per-sample Python work.
 
     Order: with ``shuffle``, epoch ``e`` uses ``randperm(N)`` from a generator on the device
     seeded by ``(seed, e)``, and the same generator draws the augmentation, so an epoch is a
@@ -754,20 +752,22 @@ def validation_split(num_train, fraction=0.1, seed=0):
 
 def cifar10_loaders(
     arrays: CIFAR10Arrays, batch_size, device=None, *, eval_batch_size=None,
-    validation_fraction=0.1, augment=False, seed=0, drop_last=False, channels_last=False,
+    validation_fraction=0.1, split_seed=0, augment=False, seed=0, drop_last=False,
+    channels_last=False,
 ):
-    """``(train, validation, test)`` :class:`DeviceLoader`\\ s for ``arrays`` on ``device``.
+    """Three :class:`DeviceLoader` objects ``(train, validation, test)`` on ``device``.
 
     The paper's setting by default: ``validation_fraction`` (10 %) of the training images
-    held out by :func:`validation_split` (seeded by ``seed``, so the split is fixed), no
-    augmentation. The training loader shuffles per ``(seed, epoch)`` and, with ``augment``,
+    held out by :func:`validation_split` with ``split_seed`` (so the hold-out is the same for
+    every training ``seed``), no augmentation. The training loader shuffles per
+    ``(seed, epoch)`` and, with ``augment``,
     applies :func:`random_crop_flip`; validation and test are in order and never augmented,
     in batches of ``eval_batch_size`` (default ``batch_size``). ``validation`` is ``None``
     when ``validation_fraction`` is 0.
     """
     eval_batch_size = eval_batch_size or batch_size
     train_index, validation_index = validation_split(
-        len(arrays.train_labels), validation_fraction, seed
+        len(arrays.train_labels), validation_fraction, split_seed
     )
 
     def loader(images, labels, size, **options):

@@ -502,6 +502,8 @@ def test_paper_setting_loaders_hold_out_validation_without_augmentation():
     assert [len(y) for _, y in test] == [30]
     for x, y in validation:  # in order, exactly the normalised images
         torch.testing.assert_close(x, normalize(images[y]))
+    other_seed = cifar10_loaders(arrays, 128, eval_batch_size=50, seed=7)[1]
+    assert torch.equal(torch.cat([y for _, y in other_seed]), validation_ids)  # fixed hold-out
     assert cifar10_loaders(arrays, 128, validation_fraction=0)[1] is None
 
 
