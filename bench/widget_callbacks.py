@@ -20,6 +20,7 @@ prints the ten most expensive functions of the ``K`` callback at ``K = 50``.
 
 import argparse
 import cProfile
+import os
 import platform
 import pstats
 import statistics
@@ -76,7 +77,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{args.threads} threads, median of {args.repeats} callbacks (ms)")
+          f"{args.threads} threads, median of {args.repeats} callbacks (ms), load average "
+          f"{os.getloadavg()[0]:.1f} (other work on the machine inflates every number)")
 
     print("\nSaddleExplorer, 100 steps, six optimisers")
     print(f"{'problem':<12}{'K':>4}{'series':>10}{'start change':>14}{'draw only':>11}  stopped")

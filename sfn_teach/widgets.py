@@ -48,10 +48,9 @@ from .plots import (
 from .series import KINDS
 from .toys import OPTIMIZERS, TOYS, get_toy, run_trajectory, series_scale_limit
 
-#: the optimisers that use the learning-rate control (the curvature ones step with α = 1)
+#: the optimisers that use the learning-rate control (the curvature ones step with α = 1 and
+#: use the damping λ)
 FIRST_ORDER = ("gd", "momentum", "adam")
-#: the optimisers that use the damping λ
-DAMPED = ("newton", "exact_sfn", "series_sfn")
 
 _SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
 
@@ -145,15 +144,27 @@ class DampingControl:
 
 
 class _Panel:
-    """What both panels share: the figure in an image, the readout, messages, safe updates."""
+    """What both panels share: a two-panel figure shown as an image, the series controls
+    ``K``, ``λ``, ``V``, ``r``, the readout, messages, and updates that never raise."""
 
-    def __init__(self, figure: Figure):
-        self.figure = figure
-        self._canvas = FigureCanvasAgg(figure)
+    def __init__(self, dpi: int, num_terms: int, max_terms: int, damping: float, scale: float,
+                 max_scale_exponent: int, acceleration_order: int):
+        self.figure = Figure(figsize=(10, 4.2), dpi=dpi)
+        self.figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.25)
+        self.axes = self.figure.subplots(1, 2)
+        self._canvas = FigureCanvasAgg(self.figure)
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
         self.message = widgets.HTML()
         self._held = False
+        self.num_terms = widgets.IntSlider(value=num_terms, min=1, max=max_terms,
+                                           description="K", **_SLIDER)
+        self.damping = DampingControl(damping)
+        self.scale = widgets.FloatLogSlider(value=scale, base=10, min=-1,
+                                            max=max_scale_exponent, description="V", **_SLIDER)
+        self.acceleration_order = widgets.IntSlider(
+            value=acceleration_order, min=0, max=10, description="r", **_SLIDER
+        )
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -212,6 +223,10 @@ class SaddleExplorer(_Panel):
     below ``max h²/2`` at the start the series diverges (``|1 − h²/V| > 1`` for the steepest
     eigenvalue): ``message`` warns, and the run shows the divergence. Trajectories are
     cached by their inputs: moving ``K`` re-runs the series optimiser only.
+
+    After each update ``trajectories`` maps each ticked optimiser to its
+    :class:`~sfn_teach.toys.Trajectory`; the readout lists their final points and losses.
+    The left panel's legend names the optimisers; the right panel's title the settings.
     """
 
     def __init__(
@@ -224,11 +239,8 @@ class SaddleExplorer(_Panel):
         steps: int = 20,
         dpi: int = 72,
     ):
-        figure = Figure(figsize=(10, 4.2), dpi=dpi)
-        figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.25)
-        super().__init__(figure)
-        self.axes = figure.subplots(1, 2)
         toy = get_toy(problem)
+        super().__init__(dpi, num_terms, 50, damping, toy.scale, 6, acceleration_order)
         self.problem = widgets.Dropdown(
             options=[(t.name, key) for key, t in TOYS.items()], value=toy.key,
             description="problem",
@@ -239,14 +251,6 @@ class SaddleExplorer(_Panel):
             key: widgets.Checkbox(value=key in optimizers, description=spec.label, indent=False)
             for key, spec in OPTIMIZERS.items()
         }
-        self.num_terms = widgets.IntSlider(value=num_terms, min=1, max=50, description="K",
-                                           **_SLIDER)
-        self.damping = DampingControl(damping)
-        self.scale = widgets.FloatLogSlider(value=toy.scale, base=10, min=-1, max=6,
-                                            description="V", **_SLIDER)
-        self.acceleration_order = widgets.IntSlider(
-            value=acceleration_order, min=0, max=10, description="r", **_SLIDER
-        )
         self.lr = widgets.FloatLogSlider(value=toy.lr, base=10, min=-4, max=0,
                                          description="lr (GD, momentum, Adam)", **_SLIDER)
         self.steps = widgets.IntSlider(value=steps, min=1, max=200, description="steps",
@@ -384,7 +388,8 @@ class FilterExplorer(_Panel):
     ``scale`` (``V``, log-slider 0.1–10⁴), ``acceleration_order`` (``r``, needs
     ``K ≥ 2r + 1``) and ``kind`` (``"damped"``: target ``1/(|h| + λ)``; ``"quasi-damped"``:
     ``(h² + λ)^(-½)``). The readout gives the largest relative error over
-    ``√(2V)/10 ≤ |h| ≤ √(2V)`` (:func:`~sfn_teach.plots.max_filter_error`).
+    ``√(2V)/10 ≤ |h| ≤ √(2V)`` (:func:`~sfn_teach.plots.max_filter_error`), also kept as
+    the number ``max_error``.
 
     The scalar filter ``φ_K`` has no Wynn acceleration (the ε-algorithm works on vectors):
     for ``r ≥ 1`` the curves are the accelerated series on ``H = diag(h)``, ``g = 1``, with
@@ -400,18 +405,7 @@ class FilterExplorer(_Panel):
         kind: str = "damped",
         dpi: int = 72,
     ):
-        figure = Figure(figsize=(10, 4), dpi=dpi)
-        figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.91, wspace=0.25)
-        super().__init__(figure)
-        self.axes = figure.subplots(1, 2)
-        self.num_terms = widgets.IntSlider(value=num_terms, min=1, max=200, description="K",
-                                           **_SLIDER)
-        self.damping = DampingControl(damping)
-        self.scale = widgets.FloatLogSlider(value=scale, base=10, min=-1, max=4,
-                                            description="V", **_SLIDER)
-        self.acceleration_order = widgets.IntSlider(
-            value=acceleration_order, min=0, max=10, description="r", **_SLIDER
-        )
+        super().__init__(dpi, num_terms, 200, damping, scale, 4, acceleration_order)
         self.kind = widgets.Dropdown(options=KINDS, value=kind, description="kind")
         self.widget = widgets.VBox([
             widgets.HBox([self.num_terms, self.acceleration_order, self.scale, self.kind]),
