@@ -232,10 +232,11 @@ def series_scale_limit(toy: Toy | str, point) -> float:
 class OptimizerSpec:
     """How :func:`run_trajectory` builds one optimiser from its hyperparameters.
 
-    ``defaults`` lists every hyperparameter it accepts with its default (``scale=None``
-    means the toy's ``V``); ``build(params, hyperparameters)`` returns the optimiser;
-    ``uses_backward`` says whether its closure must call ``loss.backward()`` (``torch.optim``)
-    or only return the loss (the curvature optimisers of :mod:`sfn_teach.optim`).
+    ``defaults`` lists every hyperparameter it accepts with its default (``lr=None`` and
+    ``scale=None`` mean the toy's ``lr`` and ``V``); ``build(params, hyperparameters)``
+    returns the optimiser; ``uses_backward`` says whether its closure must call
+    ``loss.backward()`` (``torch.optim``) or only return the loss (the curvature optimisers
+    of :mod:`sfn_teach.optim`).
     """
 
     label: str
@@ -249,43 +250,58 @@ _CURVATURE_DEFAULTS = dict(
     damping_max=None, max_skipped_steps=10,
 )
 
+#: every optimiser :func:`run_trajectory` knows, by key; ``None`` defaults are the toy's
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "gd": OptimizerSpec(
-        "gradient descent", dict(lr=0.1),
-        lambda params, hp: torch.optim.SGD(params, lr=hp["lr"]), True,
+        label="gradient descent",
+        defaults=dict(lr=None),
+        build=lambda params, hp: torch.optim.SGD(params, lr=hp["lr"]),
+        uses_backward=True,
     ),
     "momentum": OptimizerSpec(
-        "momentum", dict(lr=0.05, momentum=0.9),
-        lambda params, hp: torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"]), True,
+        label="momentum",
+        defaults=dict(lr=None, momentum=0.9),
+        build=lambda params, hp: torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"]),
+        uses_backward=True,
     ),
     "adam": OptimizerSpec(
-        "Adam", dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8),
-        lambda params, hp: torch.optim.Adam(
+        label="Adam",
+        defaults=dict(lr=None, beta1=0.9, beta2=0.999, eps=1e-8),
+        build=lambda params, hp: torch.optim.Adam(
             params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"]
         ),
-        True,
+        uses_backward=True,
     ),
     "newton": OptimizerSpec(
-        "Newton", _CURVATURE_DEFAULTS, lambda params, hp: Newton(params, **hp), False
+        label="Newton",
+        defaults=_CURVATURE_DEFAULTS,
+        build=lambda params, hp: Newton(params, **hp),
+        uses_backward=False,
     ),
     "exact_sfn": OptimizerSpec(
-        "exact SFN", _CURVATURE_DEFAULTS, lambda params, hp: ExactSFN(params, **hp), False
+        label="exact SFN",
+        defaults=_CURVATURE_DEFAULTS,
+        build=lambda params, hp: ExactSFN(params, **hp),
+        uses_backward=False,
     ),
     "series_sfn": OptimizerSpec(
-        "series SFN",
-        dict(
+        label="series SFN",
+        defaults=dict(
             _CURVATURE_DEFAULTS, num_terms=10, scale=None, scale_rule="fixed",
             acceleration_order=0, sablonniere=False, kind="damped",
             hvp_backend="dense", power_iterations=10, scale_safety=1.0,
         ),
-        lambda params, hp: SeriesSFN(params, **hp),
-        False,
+        build=lambda params, hp: SeriesSFN(params, **hp),
+        uses_backward=False,
     ),
 }
 
 
 def _hyperparameters(spec: OptimizerSpec, optimizer: str, toy: Toy, given: dict) -> dict:
-    """The spec's defaults updated by ``given``; unknown names raise, listing the valid ones."""
+    """The spec's defaults updated by ``given``; unknown names raise, listing the valid ones.
+
+    A ``None`` default of ``lr`` or ``scale`` becomes the toy's ``lr`` or ``scale``.
+    """
     unknown = sorted(set(given) - set(spec.defaults))
     if unknown:
         raise ValueError(
@@ -293,8 +309,9 @@ def _hyperparameters(spec: OptimizerSpec, optimizer: str, toy: Toy, given: dict)
             f"valid: {sorted(spec.defaults)}"
         )
     hyperparameters = {**spec.defaults, **given}
-    if "scale" in hyperparameters and hyperparameters["scale"] is None:
-        hyperparameters["scale"] = toy.scale
+    for name in ("lr", "scale"):
+        if name in hyperparameters and hyperparameters[name] is None:
+            hyperparameters[name] = getattr(toy, name)
     return hyperparameters
 
 
@@ -390,6 +407,8 @@ def run_trajectory(
     - ``"gd"``: gradient descent ``θ ← θ − α g`` (``torch.optim.SGD``; ``lr``);
     - ``"momentum"``: heavy ball ``b ← μ b + g``, ``θ ← θ − α b`` (SGD; ``lr``, ``momentum``);
     - ``"adam"``: ``torch.optim.Adam`` (``lr``, ``beta1``, ``beta2``, ``eps``);
+
+      for these three ``lr`` defaults to the toy's ``toy.lr``, stable near its start;
     - ``"newton"``: ``θ ← θ − α (H + λI)⁻¹ g`` (:class:`~sfn_teach.optim.Newton`);
     - ``"exact_sfn"``: ``θ ← θ − α (|H| + λI)⁻¹ g`` (:class:`~sfn_teach.optim.ExactSFN`);
     - ``"series_sfn"``: ``θ ← θ − α Δ_K`` with ``K = num_terms`` terms of the series at scale

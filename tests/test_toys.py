@@ -176,6 +176,14 @@ def test_gradient_descent_is_theta_minus_lr_times_gradient():
         np.testing.assert_allclose(point, theta.numpy(), rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.parametrize("optimizer", ["gd", "momentum", "adam"])
+def test_first_order_learning_rate_defaults_to_the_toys(optimizer):
+    for key in ("rosenbrock", "himmelblau"):
+        trajectory = run_trajectory(key, TOYS[key].start, optimizer, 30)
+        assert trajectory.hyperparameters["lr"] == TOYS[key].lr
+        assert trajectory.stopped is None and trajectory.final_loss < trajectory.losses[0]
+
+
 def test_momentum_and_adam_take_their_hyperparameters():
     slow = run_trajectory("rosenbrock", (-1.5, 2.5), "momentum", 5, lr=0.001, momentum=0.5)
     fast = run_trajectory("rosenbrock", (-1.5, 2.5), "momentum", 5, lr=0.001, momentum=0.9)
@@ -277,7 +285,7 @@ def test_partial_sums_converge_to_the_exact_sfn_step_on_the_paper_toy():
 
 @pytest.mark.parametrize("damping", [0.0, 0.7])
 def test_partial_sums_equal_the_dense_matrix_polynomial(damping):
-    scale, start = 30.0, torch.tensor([1.3, -0.4], dtype=torch.float64)
+    start = torch.tensor([1.3, -0.4], dtype=torch.float64)
     h, g = hessian("himmelblau", start), gradient("himmelblau", start)
     scale = series_scale_limit("himmelblau", start) * 1.5
     c = series_coefficients(12, damping, scale)
