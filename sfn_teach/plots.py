@@ -14,6 +14,7 @@ that a notebook or a widget can print the numbers behind a picture.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -43,6 +44,9 @@ OPTIMIZER_COLORS = {
     "exact_sfn": "tab:green",
     "series_sfn": "tab:purple",
 }
+
+#: colours for a second run of the same optimiser (none of them is an optimiser's)
+EXTRA_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:gray", "black")
 
 #: marker and colour of each kind of critical point
 CRITICAL_STYLES = {
@@ -137,15 +141,12 @@ def draw_toy(ax, toy: Toy | str, *, levels: int = 21, critical_points: bool = Tr
 
 
 def _colors(trajectories):
-    """Each trajectory's colour: its optimiser's, or the next of the cycle for a repeat."""
-    cycle = iter(f"C{i % 10}" for i in range(10 * len(trajectories) + 10))
-    used, colors = set(), []
+    """Each trajectory's colour: its optimiser's the first time, then :data:`EXTRA_COLORS`."""
+    extra, seen, colors = itertools.cycle(EXTRA_COLORS), set(), []
     for trajectory in trajectories:
-        color = OPTIMIZER_COLORS.get(trajectory.optimizer)
-        while color is None or color in used:
-            color = next(cycle)
-        used.add(color)
-        colors.append(color)
+        first = trajectory.optimizer in OPTIMIZER_COLORS and trajectory.optimizer not in seen
+        colors.append(OPTIMIZER_COLORS[trajectory.optimizer] if first else next(extra))
+        seen.add(trajectory.optimizer)
     return colors
 
 
