@@ -255,9 +255,12 @@ def check_newton_step(toy, point, answer, damping: float = 0.0) -> CheckResult:
     """Check the point ``θ₁ = θ₀ − (H + λI)⁻¹ g`` after one Newton step from ``θ₀ = point``."""
     toy, theta = get_toy(toy), as_point(point)
     h = hessian(toy, theta) + damping * torch.eye(2, dtype=torch.float64)
-    expected = theta - torch.linalg.solve(h, gradient(toy, theta))
+    step, info = torch.linalg.solve_ex(h, gradient(toy, theta))
+    if info.item() != 0:
+        return _report(False, f"H + λI is singular {_where(toy, theta, damping)}: Newton's step "
+                              "is not defined there; pick another point or a damping λ > 0.")
     return _check_point(
-        answer, expected, theta, "point after one Newton step", _where(toy, theta, damping),
+        answer, theta - step, theta, "point after one Newton step", _where(toy, theta, damping),
         "solve (H + λI)Δ = g for Δ (no absolute values: Newton divides by the signed h).",
     )
 

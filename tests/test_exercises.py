@@ -120,6 +120,12 @@ def test_check_newton_step(damping):
     assert not exercises.check_newton_step("himmelblau", start, (1.0, 2.0, 3.0)).correct
 
 
+def test_check_newton_step_where_it_is_undefined():
+    result = exercises.check_newton_step("monkey", (0.0, 0.0), (0.0, 0.0))
+    assert not result.correct and "singular" in result.message
+    assert exercises.check_newton_step("monkey", (0.0, 0.0), (0.0, 0.0), damping=1.0).correct
+
+
 def test_check_sfn_step():
     start = (-0.75, -0.75)  # the paper's toy: the SFN step moves away from the saddle
     h = torch.tensor([[4.0, 2.0], [2.0, -2.0]], dtype=torch.float64)
