@@ -1,0 +1,89 @@
+"""The notebooks: paired with their .ipynb, following the course conventions, and executing
+headless in fast mode (SFN_TEACH_FAST=1) without errors."""
+
+import re
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+FAST_BUDGET_S = 20.0
+
+
+def test_there_are_notebooks():
+    assert len(SOURCES) >= 3
+
+
+def cell_sources(notebook):
+    return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_py_and_ipynb_are_in_sync(source):
+    paired = source.with_suffix(".ipynb")
+    assert paired.exists(), f"{paired.name} is missing: run `jupytext --sync {source}`"
+    from_py = jupytext.read(source)
+    from_ipynb = jupytext.read(paired)
+    assert cell_sources(from_py) == cell_sources(from_ipynb), (
+        f"{source.name} and {paired.name} differ: run `jupytext --sync notebooks/*.py`"
+    )
+    assert from_ipynb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_notebook_follows_the_course_conventions(source):
+    notebook = jupytext.read(source)
+    markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    assert re.search(r"learning objectives", markdown, re.I)
+    assert re.search(r"^#+ .*summary", markdown, re.I | re.M)
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and "SFN_TEACH_FAST" in tagged[0].source
+    assert len(re.findall(r"\bcheck_\w+\(", code)) >= 3, "at least three checked exercises"
+    assert "sfn_teach" in code
+
+
+def execute(source):
+    """Run the notebook in a fresh python3 kernel (it inherits SFN_TEACH_FAST from os.environ)."""
+    notebook = jupytext.read(source)
+    client = NotebookClient(
+        notebook, kernel_name="python3", timeout=600,
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    return notebook, time.perf_counter() - start
+
+
+def outputs_of_type(notebook, mime):
+    return [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if mime in output.get("data", {})
+    ]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_notebook_executes_in_fast_mode(source, monkeypatch):
+    monkeypatch.setenv("SFN_TEACH_FAST", "1")
+    notebook, seconds = execute(source)
+    errors = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors
+    assert len(outputs_of_type(notebook, "image/png")) >= 3, "at least three figures"
+    assert outputs_of_type(notebook, "application/vnd.jupyter.widget-view+json"), "a widget"
+    print(f"{source.stem}: fast mode executed in {seconds:.1f} s")
+    assert seconds < 3 * FAST_BUDGET_S  # the budget is 20 s; generous here for loaded CI hosts
+    nbformat.validate(notebook)
