@@ -36,6 +36,9 @@ except ImportError:  # the optimiser is optional for the HVP measurements
     SeriesSFN = None
 
 NUM_TERMS = 5
+GRADIENT = "gradient (forward + backward)"
+MARGINAL = "marginal HVP, double-backward (retained graph)"
+STEP = "SeriesSFN step (see below)"
 SFN_SETTINGS = dict(
     lr=1.0,
     num_terms=NUM_TERMS,
@@ -107,10 +110,10 @@ def variants(model, inputs, targets):
 
     retained = ModelHVP(model, F.cross_entropy, inputs, targets, "double-backward")
     timed = {
-        "gradient (forward + backward)": gradient,
+        GRADIENT: gradient,
         "HVP from scratch, double-backward": from_scratch("double-backward"),
         "HVP from scratch, forward-over-reverse": from_scratch("forward-over-reverse"),
-        "marginal HVP, double-backward (retained graph)": lambda: retained.matvec(v),
+        MARGINAL: lambda: retained.matvec(v),
     }
     return timed, v
 
@@ -145,11 +148,11 @@ def sfn_step_variant(model, inputs, targets):
 
 
 def measure(model, inputs, targets, number, with_linearize, repeats):
-    """Median seconds per variant (interleaved repeats) plus linearize's one-off samples."""
+    """Seconds per sample of each variant (interleaved repeats), linearize's one-off samples."""
     timed, v = variants(model, inputs, targets)
     optimizer = None
     if SeriesSFN is not None:
-        timed["SeriesSFN step"], optimizer = sfn_step_variant(model, inputs, targets)
+        timed[STEP], optimizer = sfn_step_variant(model, inputs, targets)
     once = {}
     if with_linearize:
         set_up, first, timed["marginal HVP, linearize (after set-up)"] = linearize_variant(
@@ -166,40 +169,51 @@ def measure(model, inputs, targets, number, with_linearize, repeats):
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
             samples[name].append(seconds(timed[name], number))
-    medians = {name: statistics.median(times) for name, times in samples.items()}
-    return medians, samples, once, optimizer
+    return samples, once, optimizer
 
 
-def print_table(title, medians, samples, once):
-    unit = medians["gradient (forward + backward)"]
+def print_table(title, samples, once):
+    """Seconds per variant, and ratios to the gradient by medians and by minima.
+
+    Other processes on the machine only ever add time, so the minima are the better estimate of
+    the uncontended cost when the load is high; with a quiet machine the two agree.
+    """
+    median = {name: statistics.median(times) for name, times in samples.items()}
+    fastest = {name: min(times) for name, times in samples.items()}
     print(f"\n{title}")
-    print(f"  {'variant':<62} {'median [s]':>11} {'min-max [s]':>17} {'x gradient':>11}")
-    rows = [
-        (name, medians[name], f"{min(samples[name]):.4f}-{max(samples[name]):.4f}")
-        for name in medians
-        if name != "SeriesSFN step"
-    ]
-    rows += [(name, value, "") for name, value in once.items()]
-    for name, value, spread in rows:
-        print(f"  {name:<62} {value:>11.4f} {spread:>17} {value / unit:>11.2f}")
+    print(
+        f"  {'variant':<62} {'median [s]':>10} {'min [s]':>9} {'max [s]':>9} "
+        f"{'x g median':>10} {'x g min':>8}"
+    )
+    rows = [(name, median[name], fastest[name], max(samples[name])) for name in samples]
+    rows += [(name, value, value, None) for name, value in once.items()]
+    for name, mid, low, high in rows:
+        spread = f"{low:>9.4f} {high:>9.4f}" if high is not None else f"{'':>9} {'':>9}"
+        print(
+            f"  {name:<62} {mid:>10.4f} {spread} {mid / median[GRADIENT]:>10.2f} "
+            f"{low / fastest[GRADIENT]:>8.2f}"
+        )
 
 
-def print_sfn_section(title, medians, optimizer):
-    print(f"\n  SeriesSFN step: {title}")
+def print_sfn_section(title, samples, optimizer):
+    """The measured step against ``1 + 2(K−1)·c_HVP``, ``c_HVP`` the marginal HVP ratio."""
+    print(f"\n  {title}")
     if optimizer is None:
         print("    SeriesSFN not available (sfn_teach.optim could not be imported)")
         return
-    unit = medians["gradient (forward + backward)"]
-    c_hvp = medians["marginal HVP, double-backward (retained graph)"] / unit
-    measured = medians["SeriesSFN step"] / unit
-    model = 1 + 2 * (NUM_TERMS - 1) * c_hvp
-    settings = ", ".join(f"{k}={v}" for k, v in SFN_SETTINGS.items())
+    print(f"    settings: {', '.join(f'{k}={v}' for k, v in SFN_SETTINGS.items())}")
     stats = optimizer.stats
-    print(f"    settings: {settings}")
     print(f"    HVPs per step: {stats.get('num_hvps')}, last step skipped: {stats.get('skipped')}")
-    print(f"    measured step            {medians['SeriesSFN step']:.4f} s = {measured:.2f} g")
-    print(f"    model 1 + 2(K-1)·c_HVP   1 + {2 * (NUM_TERMS - 1)}·{c_hvp:.2f} = {model:.2f} g")
-    print(f"    measured / model         {measured / model:.2f}")
+    for label, statistic in (("medians", statistics.median), ("minima", min)):
+        unit = statistic(samples[GRADIENT])
+        c_hvp = statistic(samples[MARGINAL]) / unit
+        step = statistic(samples[STEP])
+        model = 1 + 2 * (NUM_TERMS - 1) * c_hvp
+        print(
+            f"    by {label}: step {step:.4f} s = {step / unit:.2f} g; model 1 + "
+            f"{2 * (NUM_TERMS - 1)}·{c_hvp:.2f} = {model:.2f} g; measured / model "
+            f"{step / unit / model:.2f}"
+        )
 
 
 def cpu_name():
@@ -213,37 +227,42 @@ def cpu_name():
     return platform.processor() or "unknown CPU"
 
 
+def load_average():
+    return ", ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print("HVP cost in gradient-equivalents (medians of interleaved repeats, warm-up excluded)")
+    print("HVP cost in gradient-equivalents g (interleaved repeats, warm-up excluded)")
     print(f"command: {' '.join([sys.executable.rsplit('/', 1)[-1]] + sys.argv)}")
     print(
-        f"device: cpu ({cpu_name()}), torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}, repeats {args.repeats}, float32, load average at the start "
-        f"{os.getloadavg()}"
+        f"device: cpu ({cpu_name()}, {os.cpu_count()} CPUs), torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}, repeats {args.repeats}, float32"
     )
+    print(f"load average (1, 5, 15 min) at the start: {load_average()}")
     results = []
     for name, model, inputs, targets, number, with_linearize in problems(args.quick):
         model.train()
         title = f"{name}, {count_parameters(model):,} parameters"
         if number > 1:
             title += f" (each sample averages {number} calls)"
-        medians, samples, once, optimizer = measure(
-            model, inputs, targets, number, with_linearize, args.repeats
-        )
         if not with_linearize:
             title += "; linearize skipped (--quick)"
-        print_table(title, medians, samples, once)
-        results.append((name, medians, optimizer))
-    print("\nSeriesSFN step, in gradients g, against the cost model")
-    for name, medians, optimizer in results:
-        print_sfn_section(name, medians, optimizer)
+        samples, once, optimizer = measure(
+            model, inputs, targets, number, with_linearize, args.repeats
+        )
+        print_table(title, samples, once)
+        results.append((name, samples, optimizer))
     print(
-        f"\nload average (1, 5, 15 min) at the end: {os.getloadavg()}; on {os.cpu_count()} CPUs a"
+        f"\nSeriesSFN step in gradients g, against the cost model 1 + 2(K-1)·c_HVP, K = {NUM_TERMS}"
     )
-    print("load above the thread count means other processes shared the cores (see min-max).")
+    for name, samples, optimizer in results:
+        print_sfn_section(name, samples, optimizer)
+    print(f"\nload average (1, 5, 15 min) at the end: {load_average()}")
+    print(f"A load above {args.threads} (the thread count) means other processes shared the cores;")
+    print("then trust the minima more than the medians.")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfn_teach import hvp as hvp_module
 from sfn_teach.hvp import (
+    HVP_BACKENDS,
     MODEL_BACKENDS,
+    PARAMS_BACKENDS,
     ModelHVP,
     ParamsHVP,
     batchnorm_policy,
@@ -26,7 +29,6 @@ from sfn_teach.hvp import (
 from sfn_teach.models import MLP
 
 TOL = 1e-10
-PARAMS_BACKENDS = ("double-backward", "forward-over-reverse")
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +70,7 @@ def quartic_coupling(x):
     return (x.sum() ** 4) / 12 + torch.sin(x).prod()
 
 
-@pytest.mark.parametrize("backend", PARAMS_BACKENDS)
+@pytest.mark.parametrize("backend", HVP_BACKENDS)
 def test_hvp_of_the_papers_saddle_is_the_constant_hessian(backend):
     H = torch.tensor([[4.0, 2.0], [2.0, -2.0]])
     for _ in range(3):
@@ -76,15 +78,15 @@ def test_hvp_of_the_papers_saddle_is_the_constant_hessian(backend):
         assert_close(hvp(saddle, x, v, backend), H @ v)
 
 
-@pytest.mark.parametrize("backend", PARAMS_BACKENDS)
+@pytest.mark.parametrize("backend", HVP_BACKENDS)
 @pytest.mark.parametrize("f", [rosenbrock, sum_of_cubes, log_sum_exp, quartic_coupling])
-def test_hvp_matches_dense_hessian(f, backend):
+def test_hvp_matches_reference_hessian(f, backend):
     for dim in (2, int(torch.randint(3, 40, ()))):
         x, v = torch.randn(dim), torch.randn(dim)
         assert_close(hvp(f, x, v, backend), torch.func.hessian(f)(x) @ v)
 
 
-@pytest.mark.parametrize("backend", PARAMS_BACKENDS)
+@pytest.mark.parametrize("backend", HVP_BACKENDS)
 def test_hvp_of_a_matrix_argument_keeps_its_shape(backend):
     x, v = torch.randn(3, 4), torch.randn(3, 4)
     H = torch.func.hessian(sum_of_cubes)(x).reshape(12, 12)
@@ -95,7 +97,7 @@ def test_hvp_of_a_matrix_argument_keeps_its_shape(backend):
 
 def test_hvp_of_an_affine_function_is_zero():
     x, v = torch.randn(5), torch.randn(5)
-    for backend in PARAMS_BACKENDS:
+    for backend in HVP_BACKENDS:
         assert torch.equal(hvp(lambda z: 3 * z.sum(), x, v, backend), torch.zeros(5))
 
 
@@ -105,7 +107,7 @@ def test_hvp_bad_input():
         hvp(sum_of_cubes, x, x, backend="nope")
     with pytest.raises(ValueError, match=r"v must have the shape of x, \(3,\), got \(4,\)"):
         hvp(sum_of_cubes, x, torch.randn(4))
-    for backend in PARAMS_BACKENDS:
+    for backend in HVP_BACKENDS:
         with pytest.raises(ValueError, match=r"f must return a scalar loss.*\(3,\)"):
             hvp(lambda z: z**2, x, x, backend)
 
@@ -164,7 +166,7 @@ PROBLEMS = {
 }
 
 
-def dense_hessian(model, inputs, targets, train=True):
+def reference_hessian(model, inputs, targets, train=True):
     """``(g, H)`` of the cross-entropy of a copy of ``model`` w.r.t. its flat parameters."""
     reference = copy.deepcopy(model).train(train)
     names = [name for name, _ in reference.named_parameters()]
@@ -209,7 +211,7 @@ def give_grads(model):
 def test_model_hvp_matches_dense_hessian_and_changes_nothing(problem, backend):
     model, inputs, targets = PROBLEMS[problem]()
     give_grads(model)
-    g, H = dense_hessian(model, inputs, targets)
+    g, H = reference_hessian(model, inputs, targets)
     before = snapshot(model)
     op = ModelHVP(model, F.cross_entropy, inputs, targets, backend=backend)
     assert op.dim == H.shape[0] and op.num_products == 0
@@ -226,8 +228,8 @@ def test_model_hvp_matches_dense_hessian_and_changes_nothing(problem, backend):
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_model_hvp_batchnorm_eval_matches_eval_mode_hessian(backend):
     model, inputs, targets = conv_bn_problem()
-    _, H_eval = dense_hessian(model, inputs, targets, train=False)
-    _, H_train = dense_hessian(model, inputs, targets, train=True)
+    _, H_eval = reference_hessian(model, inputs, targets, train=False)
+    _, H_train = reference_hessian(model, inputs, targets, train=True)
     assert (H_eval - H_train).abs().max() > 1e-3  # the two policies really differ here
     before = snapshot(model)
     op = ModelHVP(model, F.cross_entropy, inputs, targets, backend=backend, batchnorm="eval")
@@ -240,7 +242,7 @@ def test_model_hvp_batchnorm_eval_matches_eval_mode_hessian(backend):
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_model_hvp_batchnorm_train_uses_batch_statistics_in_eval_mode(backend):
     model, inputs, targets = conv_bn_problem()
-    _, H_train = dense_hessian(model, inputs, targets, train=True)
+    _, H_train = reference_hessian(model, inputs, targets, train=True)
     model.eval()
     before = snapshot(model)
     op = ModelHVP(model, F.cross_entropy, inputs, targets, backend=backend, batchnorm="train")
@@ -263,7 +265,7 @@ def test_model_hvp_backends_agree():
 def test_model_hvp_only_differentiates_trainable_parameters():
     model, inputs, targets = mlp_problem("tanh")
     model.layers[1].weight.requires_grad_(False)
-    _, H = dense_hessian(model, inputs, targets)
+    _, H = reference_hessian(model, inputs, targets)
     keep = torch.ones(H.shape[0], dtype=torch.bool)
     keep[: model.layers[1].weight.numel()] = False
     op = ModelHVP(model, F.cross_entropy, inputs, targets)
@@ -314,7 +316,7 @@ def closure_for(model, inputs, targets):
 def test_params_hvp_matches_dense_hessian_and_changes_nothing(problem, backend):
     model, inputs, targets = PROBLEMS[problem]()
     give_grads(model)
-    g, H = dense_hessian(model, inputs, targets)
+    g, H = reference_hessian(model, inputs, targets)
     before = snapshot(model)
     op = ParamsHVP(closure_for(model, inputs, targets), model.parameters(), backend)
     assert op.dim == H.shape[0] and op.loss.dim() == 0
@@ -327,9 +329,20 @@ def test_params_hvp_matches_dense_hessian_and_changes_nothing(problem, backend):
     assert all(torch.autograd.forward_ad.unpack_dual(p).tangent is None for p in op.params)
 
 
-def test_params_hvp_conv_bn_double_backward_matches_dense_hessian():
+def test_params_hvp_dense_backend_stores_the_hessian(monkeypatch):
+    model, inputs, targets = mlp_problem("tanh")
+    _, H = reference_hessian(model, inputs, targets)
+    op = ParamsHVP(closure_for(model, inputs, targets), model.parameters(), "dense")
+    assert_close(op.hessian, H)
+    assert torch.equal(op.hessian, op.hessian.T)
+    monkeypatch.setattr(hvp_module, "DENSE_MAX_DIM", H.shape[0] - 1)
+    with pytest.raises(ValueError, match=rf"stores the {H.shape[0]}×{H.shape[0]} Hessian"):
+        ParamsHVP(closure_for(model, inputs, targets), model.parameters(), "dense")
+
+
+def test_params_hvp_conv_bn_double_backward_matches_reference_hessian():
     model, inputs, targets = conv_bn_problem()
-    _, H = dense_hessian(model, inputs, targets)
+    _, H = reference_hessian(model, inputs, targets)
     with batchnorm_policy(model, "train"):  # the closure's own forward must not update stats
         op = ParamsHVP(closure_for(model, inputs, targets), model.parameters())
     v = torch.randn(op.dim)
@@ -353,8 +366,8 @@ def test_params_hvp_backends_agree_on_a_function():
     x = torch.randn(6, requires_grad=True)
     v = torch.randn(6)
     products = [ParamsHVP(lambda: rosenbrock(x), [x], b).matvec(v) for b in PARAMS_BACKENDS]
-    assert_close(products[0], products[1])
-    assert_close(products[0], torch.func.hessian(rosenbrock)(x.detach()) @ v)
+    for product in products:
+        assert_close(product, torch.func.hessian(rosenbrock)(x.detach()) @ v)
 
 
 def test_params_hvp_bad_closures_name_the_closure():
@@ -433,7 +446,7 @@ def test_power_iteration_stops_at_tol_and_warm_starts():
 
 def test_power_iteration_on_an_operator():
     model, inputs, targets = mlp_problem("tanh")
-    _, H = dense_hessian(model, inputs, targets)
+    _, H = reference_hessian(model, inputs, targets)
     op = ModelHVP(model, F.cross_entropy, inputs, targets)
     result = power_iteration(op.matvec, op.dim, num_iterations=2000, tol=1e-13, dtype=H.dtype)
     assert abs(result.value - torch.linalg.eigvalsh(H).abs().max().item()) < 1e-6
