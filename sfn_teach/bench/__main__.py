@@ -1,6 +1,6 @@
 """Command line of the benchmark runner.
 
-    python -m sfn_teach.bench run CONFIG [--out DIR] [--resume] [--fast] [--quiet]
+    python -m sfn_teach.bench run CONFIG [--out DIR] [--resume] [--fast] [--quiet] [--threads N]
     python -m sfn_teach.bench CONFIG [...]            (the same as ``run``)
     python -m sfn_teach.bench report DIR
 
@@ -15,6 +15,8 @@ Exit status: 0 done, 2 bad config, 1 another error, 130 interrupted.
 import argparse
 import sys
 from pathlib import Path
+
+import torch
 
 from ..checkpoint import CheckpointError
 from ..data import DataError
@@ -41,6 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--fast", action="store_true",
                      help="tiny budget from the config's [fast] table (also SFN_TEACH_FAST=1)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="torch CPU threads (torch.set_num_threads; default: torch's choice)")
     report = commands.add_parser("report", help="table and figures of a run directory",
                                  description="Write summary.md, summary.json and the figures "
                                  "of a run directory, and print the table.")
@@ -58,6 +62,10 @@ def main(argv=None) -> int:
             report_benchmark(args.dir)
             return 0
         config = load_config(args.config)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError("--threads", f"must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
         fast = args.fast or fast_from_environment()
         out = args.out or Path("runs") / (config.name + ("-fast" if fast else ""))
         if not args.quiet:

@@ -1,12 +1,12 @@
-"""Read a benchmark's run directory back: the summary table over seeds and the figures.
+"""The summary table over seeds and the figures of a benchmark's records.
 
 Statistics over seeds are the **median** and the **range** (min–max), written
 ``median [min–max]``. For each optimiser the table gives, over its seeds, the final test loss
 and accuracy, the training time (training steps only) and the work in gradient-equivalents,
 and the time and work until the first evaluation at which the target split's loss is at most
 the target (``report.target_loss``). A run that never reaches the target counts as ∞ there, so
-the median is ∞ ("—") when fewer than half the seeds reach it; the ``reached`` column says how
-many did. No interpolation between evaluations: the times are those of the evaluation.
+the median is ∞ ("—") unless more than half of the seeds reach it; the ``reached`` column says
+how many did. No interpolation between evaluations: the times are those of the evaluation.
 
 Curves are drawn per optimiser as the median over seeds at each evaluation (the ``x`` value
 too, e.g. the median wall-clock), with the min–max band of the ``y`` values. Figures are
@@ -111,6 +111,16 @@ def _median_curve(runs, x, y):
     return [list(column) for column in zip(*points)] if points else None
 
 
+def _draw_median(ax, runs, x, y, label, **style):
+    """Draw the median curve of ``y`` against ``x`` over seeds with its min–max band."""
+    curve = _median_curve(runs, x, y)
+    if curve is None:
+        return
+    px, median, low, high = curve
+    (line,) = ax.plot(px, median, label=label, **style)
+    ax.fill_between(px, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
 def plot_curves(records, y="test_loss", xs=("step", "wall_clock", "grad_equivalents"),
                 log_y=None) -> Figure:
     """``y`` against each of ``xs``, one panel each: median over seeds and min–max band.
@@ -123,12 +133,7 @@ def plot_curves(records, y="test_loss", xs=("step", "wall_clock", "grad_equivale
     axes = figure.subplots(1, len(xs), squeeze=False)[0]
     for name, runs in _runs(records).items():
         for ax, x in zip(axes, xs):
-            curve = _median_curve(runs, x, y)
-            if curve is None:
-                continue
-            px, median, low, high = curve
-            (line,) = ax.plot(px, median, label=name)
-            ax.fill_between(px, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            _draw_median(ax, runs, x, y, name)
     for ax, x in zip(axes, xs):
         ax.set_xlabel(AXES.get(x, x))
         ax.set_ylabel(y.replace("_", " "))
@@ -148,12 +153,7 @@ def plot_optimizer_stats(records, x="step") -> Figure:
     axes = figure.subplots(2, 2).ravel()
     for ax, (key, label) in zip(axes, STATS.items()):
         for name, runs in _runs(records).items():
-            curve = _median_curve(runs, x, key)
-            if curve is None:
-                continue
-            px, median, low, high = curve
-            (line,) = ax.plot(px, median, label=name, marker=".")
-            ax.fill_between(px, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            _draw_median(ax, runs, x, key, name, marker=".")
         if key in ("damping", "scale") and ax.lines:
             ax.set_yscale("log")
         ax.set_xlabel(AXES.get(x, x))
@@ -182,12 +182,12 @@ def _finite_or_none(rows):
     ]
 
 
-def write_report(out_dir, config, records, log=print) -> list[dict]:
+def write_report(out_dir, config, records, machine="", log=print) -> list[dict]:
     """Write ``summary.md``, ``summary.json`` and the :data:`FIGURES` into ``out_dir``.
 
     ``config`` is the benchmark's :class:`~sfn_teach.bench.config.BenchmarkConfig` (for its
-    name and target). Prints the table through ``log`` and returns the summary rows
-    (:func:`summarise`).
+    name and target); ``machine`` says where the times were measured. Prints the table through
+    ``log`` and returns the summary rows (:func:`summarise`).
     """
     out_dir = Path(out_dir)
     if not records:
@@ -195,8 +195,8 @@ def write_report(out_dir, config, records, log=print) -> list[dict]:
     rows = summarise(records, config.target_loss, config.target_split)
     table = format_table(rows, config.target_loss, config.target_split)
     (out_dir / "summary.md").write_text(
-        f"# {config.name}\n\nMedian [min–max] over seeds; times are training steps only.\n\n"
-        f"{table}\n"
+        f"# {config.name}\n\nMedian [min–max] over seeds; times are training steps only"
+        f"{', measured on ' + machine if machine else ''}.\n\n{table}\n"
     )
     (out_dir / "summary.json").write_text(json.dumps(_finite_or_none(rows), indent=2) + "\n")
     for name, make in FIGURES.items():

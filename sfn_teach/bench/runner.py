@@ -2,7 +2,7 @@
 
 **Run directory.** ``run_benchmark(config, out_dir)`` writes::
 
-    out_dir/config.json              the config as read, and whether fast mode was on
+    out_dir/config.json              the config as read, whether fast mode was on, the machine
     out_dir/<optimiser>-seed<s>/     one folder per run:
         records.jsonl                one JSON record per evaluation (see below)
         checkpoint.pt[.prev]         the newest (and the previous) checkpoint
@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
+
+import torch
 
 from ..checkpoint import CheckpointError, fault_point, load_latest_checkpoint, save_checkpoint
 from ..data import DATASETS
@@ -77,6 +80,12 @@ def truncate_records(path: Path, count: int) -> None:
         os.fsync(f.fileno())
 
 
+def machine_description(device) -> str:
+    """Where times are measured: the platform, torch version, CPU threads and device."""
+    return (f"{platform.platform()}, {platform.machine()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} CPU threads, device {device}")
+
+
 def _prepare(out_dir: Path, config: BenchmarkConfig, fast: bool, resume: bool) -> None:
     """Create ``out_dir`` with its ``config.json``, or check it matches when resuming."""
     stored = {"config": config.raw, "name": config.name, "fast": fast}
@@ -87,13 +96,15 @@ def _prepare(out_dir: Path, config: BenchmarkConfig, fast: bool, resume: bool) -
                 f"{out_dir} already holds a benchmark; pass --resume (resume=True) to continue "
                 "it, or choose another output folder"
             )
-        if json.loads(path.read_text()) != json.loads(json.dumps(stored)):
+        found = json.loads(path.read_text())
+        if {key: found.get(key) for key in stored} != json.loads(json.dumps(stored)):
             raise ConfigError(
                 "file", f"{out_dir} was made with a different config or fast setting; resume "
                 "with the same one, or choose another output folder"
             )
         return
     out_dir.mkdir(parents=True, exist_ok=True)
+    stored["machine"] = machine_description(config.device)
     path.write_text(json.dumps(stored, indent=2) + "\n")
 
 
@@ -207,4 +218,5 @@ def load_benchmark(out_dir):
 def report_benchmark(out_dir, log=print) -> list[dict]:
     """Summary table and figures of the run directory ``out_dir`` (see :mod:`.report`)."""
     config, records = load_benchmark(out_dir)
-    return write_report(out_dir, config, records, log=log)
+    machine = json.loads((Path(out_dir) / CONFIG_FILE).read_text()).get("machine", "")
+    return write_report(out_dir, config, records, machine=machine, log=log)
