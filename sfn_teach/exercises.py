@@ -45,6 +45,17 @@ def _report(correct: bool, message: str) -> CheckResult:
     return CheckResult(correct, text)
 
 
+def _unanswered(value) -> bool:
+    """A template still holding ``...`` (or a function body that returns nothing)."""
+    return value is Ellipsis or value is None
+
+
+def _not_yet(what: str) -> CheckResult:
+    text = f"⏳ {what}: not answered yet — replace the ... with your answer and run the cell."
+    print(text)
+    return CheckResult(False, text)
+
+
 def _relative_error(answer, expected: torch.Tensor) -> float:
     """``‖answer − expected‖ / max(‖expected‖, 1e-300)``; raises if the shapes differ."""
     answer = torch.as_tensor(answer, dtype=torch.float64)
@@ -63,7 +74,10 @@ def _check_function(student_fn: Callable, what: str, cases, hint: str) -> CheckR
                               f"got {type(student_fn).__name__}")
     for description, args, expected in cases:
         try:
-            error = _relative_error(student_fn(*args), expected)
+            answer = student_fn(*args)
+            if _unanswered(answer):
+                return _not_yet(what)
+            error = _relative_error(answer, expected)
         except Exception as exception:  # noqa: BLE001 - report the student's error
             return _report(
                 False, f"{what}: your function failed for {description}: "
@@ -213,6 +227,8 @@ def check_eigenvalue_signs(toy, point, answer) -> CheckResult:
     eigenvalue counts as zero when ``|h| ≤ 1e-9 · max(1, ‖H‖)``.
     """
     toy, theta = get_toy(toy), as_point(point)
+    if _unanswered(answer):
+        return _not_yet("signs of the eigenvalues")
     try:
         signs = tuple(_as_sign(value) for value in answer)
         if len(signs) != 2:
@@ -235,6 +251,8 @@ def check_eigenvalue_signs(toy, point, answer) -> CheckResult:
 def _check_point(answer, expected: torch.Tensor, start: torch.Tensor, what: str, where: str,
                  hint: str) -> CheckResult:
     """Compare a predicted point; a step of the wrong sign gets its own hint."""
+    if _unanswered(answer):
+        return _not_yet(what)
     try:
         error = _relative_error(answer, expected)
     except (TypeError, ValueError, RuntimeError) as exception:
@@ -283,6 +301,8 @@ def check_filter_limit(scale: float, answer: float) -> CheckResult:
     Per eigenvalue the series is a power series in ``x = 1 − h²/V``: it converges for
     ``|x| ≤ 1`` (``x ≠ 1``), i.e. up to ``|h| = √(2V)``.
     """
+    if _unanswered(answer):
+        return _not_yet("convergence limit")
     if isinstance(answer, bool) or not isinstance(answer, (int, float)):
         return _report(False, f"give a number, got {type(answer).__name__}")
     expected = math.sqrt(2 * scale)

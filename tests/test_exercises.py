@@ -151,3 +151,23 @@ def test_check_filter_limit():
 def test_results_read_as_their_verdict():
     result = exercises.check_filter_limit(8.0, 4.0)
     assert repr(result) == "CheckResult(correct=True)"
+
+
+def test_untouched_templates_say_not_answered_yet(capsys):
+    from sfn_teach import exercises
+
+    def template(*args):
+        ...
+
+    results = [
+        exercises.check_hvp(template),
+        exercises.check_coefficients(template),
+        exercises.check_series_direction(template),
+        exercises.check_wynn(template),
+        exercises.check_eigenvalue_signs("paper", (0.0, 0.0), ...),
+        exercises.check_newton_step("saddle", (1.0, 0.5), ...),
+        exercises.check_sfn_step("saddle", (1.0, 0.5), ...),
+        exercises.check_filter_limit(25.0, ...),
+    ]
+    assert all(not r.correct and "not answered yet" in r.message for r in results)
+    assert capsys.readouterr().out.count("⏳") == len(results)
