@@ -132,8 +132,10 @@ def test_shipped_configs_are_valid():
 
 def test_run_report_and_resume_in_process(tmp_path):
     out = tmp_path / "run"
-    rows = run_benchmark(TINY, out, progress=False)
+    result = run_benchmark(TINY, out, progress=False)
     config, records = load_benchmark(out)
+    assert result.records == records and result.config == config
+    rows = result.summary
     assert [r["step"] for r in records] == [0, 2, 4, 6, 8, 10, 12] * 4
     assert {r["run_id"] for r in records} == {
         "adam-seed0", "adam-seed1", "seriessfn-adaptive-seed0", "seriessfn-adaptive-seed1"}
@@ -143,6 +145,7 @@ def test_run_report_and_resume_in_process(tmp_path):
                  "test_accuracy.png", "optimizer_stats.png"):
         assert (out / name).stat().st_size > 0
     assert "| SeriesSFN adaptive | 2 | 12 |" in (out / "summary.md").read_text()
+    assert result.table in (out / "summary.md").read_text()
     json.loads((out / "summary.json").read_text())  # strict JSON (∞ written as null)
 
     # bit for bit: a second run in another folder gives the same records

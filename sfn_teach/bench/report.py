@@ -5,11 +5,12 @@ Statistics over seeds are the **median** and the **range** (min–max), written
 and accuracy, the training time (training steps only) and the work in gradient-equivalents,
 and the time and work until the first evaluation at which the target split's loss is at most
 the target (``report.target_loss``). A run that never reaches the target counts as ∞ there, so
-the median is ∞ ("—") unless more than half of the seeds reach it; the ``reached`` column says
-how many did. No interpolation between evaluations: the times are those of the evaluation.
+the median is ∞ unless more than half of the seeds reach it; the ``reached`` column says how
+many did. No interpolation between evaluations: the times are those of the evaluation.
 
 Curves are drawn per optimiser as the median over seeds at each evaluation (the ``x`` value
-too, e.g. the median wall-clock), with the min–max band of the ``y`` values. Figures are
+too, e.g. the median wall-clock), with the min–max band of the ``y`` values; an optimiser
+keeps its colour in every figure. Figures are
 :class:`matplotlib.figure.Figure` objects (no pyplot state), shown inline by Jupyter.
 """
 
@@ -74,7 +75,7 @@ def summarise(records, target_loss, target_split="val") -> list[dict]:
 
 def _cell(spread, digits):
     def number(x):
-        return "—" if math.isinf(x) else f"{x:.{digits}g}"
+        return "∞" if math.isinf(x) else f"{x:.{digits}g}"
 
     if spread["min"] == spread["max"]:
         return number(spread["median"])
@@ -122,23 +123,27 @@ def _draw_median(ax, runs, x, y, label, **style):
 
 
 def plot_curves(records, y="test_loss", xs=("step", "wall_clock", "grad_equivalents"),
-                log_y=None) -> Figure:
+                log_y=None, log_x=("wall_clock", "grad_equivalents")) -> Figure:
     """``y`` against each of ``xs``, one panel each: median over seeds and min–max band.
 
-    ``log_y`` defaults to a log scale for losses. Optimisers for which ``y`` is never defined
-    are left out.
+    ``log_y`` defaults to a log scale for losses. The ``xs`` named in ``log_x`` get a log
+    axis, since costs of different optimisers differ by orders of magnitude (the point at
+    ``x = 0``, step 0, is then not drawn). Optimisers for which ``y`` is never defined are
+    left out.
     """
     log_y = y.endswith("loss") if log_y is None else log_y
     figure = Figure(figsize=(4.2 * len(xs), 3.4), layout="constrained")
     axes = figure.subplots(1, len(xs), squeeze=False)[0]
-    for name, runs in _runs(records).items():
+    for index, (name, runs) in enumerate(_runs(records).items()):
         for ax, x in zip(axes, xs):
-            _draw_median(ax, runs, x, y, name)
+            _draw_median(ax, runs, x, y, name, color=f"C{index}")
     for ax, x in zip(axes, xs):
         ax.set_xlabel(AXES.get(x, x))
         ax.set_ylabel(y.replace("_", " "))
         if log_y:
             ax.set_yscale("log")
+        if x in log_x:
+            ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     return figure
@@ -152,8 +157,8 @@ def plot_optimizer_stats(records, x="step") -> Figure:
     figure = Figure(figsize=(8.4, 6.2), layout="constrained")
     axes = figure.subplots(2, 2).ravel()
     for ax, (key, label) in zip(axes, STATS.items()):
-        for name, runs in _runs(records).items():
-            _draw_median(ax, runs, x, key, name, marker=".")
+        for index, (name, runs) in enumerate(_runs(records).items()):
+            _draw_median(ax, runs, x, key, name, color=f"C{index}", marker=".")
         if key in ("damping", "scale") and ax.lines:
             ax.set_yscale("log")
         ax.set_xlabel(AXES.get(x, x))

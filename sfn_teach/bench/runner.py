@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from ..checkpoint import CheckpointError, fault_point, load_latest_checkpoint, s
 from ..data import DATASETS
 from ..train import Trainer, seed_everything
 from .config import BenchmarkConfig, ConfigError, build_model, load_config, validate_config
-from .report import write_report
+from .report import format_table, write_report
 
 CONFIG_FILE = "config.json"
 RECORDS_FILE = "records.jsonl"
@@ -173,8 +174,8 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
         log: where progress lines go (``print``).
         on_record: called with every record once it is durable.
 
-    The config is validated before anything is trained. Returns the report's summary rows
-    (:func:`report_benchmark`).
+    The config is validated before anything is trained. Returns the
+    :class:`BenchmarkResult` (records and summary) after writing the report.
     """
     config = as_config(config)
     fast = fast_from_environment() if fast is None else fast
@@ -215,8 +216,25 @@ def load_benchmark(out_dir):
     return config, records
 
 
-def report_benchmark(out_dir, log=print) -> list[dict]:
-    """Summary table and figures of the run directory ``out_dir`` (see :mod:`.report`)."""
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """A benchmark's run directory, read back: its config, every record and the summary."""
+
+    out_dir: Path
+    config: BenchmarkConfig
+    records: list  # one dict per evaluation, optimiser by optimiser, seed by seed
+    summary: list  # one row per optimiser (sfn_teach.bench.report.summarise)
+
+    @property
+    def table(self) -> str:
+        """The summary as a Markdown table (median [min–max] over seeds)."""
+        return format_table(self.summary, self.config.target_loss, self.config.target_split)
+
+
+def report_benchmark(out_dir, log=print) -> BenchmarkResult:
+    """Write the summary table and figures of the run directory ``out_dir``; read it back."""
+    out_dir = Path(out_dir)
     config, records = load_benchmark(out_dir)
-    machine = json.loads((Path(out_dir) / CONFIG_FILE).read_text()).get("machine", "")
-    return write_report(out_dir, config, records, machine=machine, log=log)
+    machine = json.loads((out_dir / CONFIG_FILE).read_text()).get("machine", "")
+    summary = write_report(out_dir, config, records, machine=machine, log=log)
+    return BenchmarkResult(out_dir, config, records, summary)
