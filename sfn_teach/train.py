@@ -213,7 +213,8 @@ class Trainer:
         ``grad_equivalents``, the counts ``gradients``, ``hvps``, ``forward``,
         ``skipped_steps``; ``{train,val,test}_{loss,accuracy}``; and from the last step
         ``batch_loss`` and ``scale`` V, ``damping`` λ, ``alpha`` α, ``mu`` μ, ``rho`` ρ
-        (``None`` where the optimiser has no such quantity, and at step 0).
+        (``None`` where the optimiser has no such quantity, and at step 0). Each call counts
+        in ``num_records`` (saved in :meth:`state_dict`).
         """
         record = {
             "step": self.step,

@@ -20,6 +20,7 @@ import torch
 
 from ..checkpoint import CheckpointError
 from ..data import DataError
+from ..optim import NonFiniteStepError
 from .config import ConfigError, load_config
 from .runner import fast_from_environment, report_benchmark, run_benchmark
 
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError) as error:
+    except (DataError, CheckpointError, NonFiniteStepError, FileExistsError,
+            FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,7 +18,9 @@ continues from the checkpoint; since a run is deterministic, the records after i
 again, identical but for ``wall_clock``. So a kill at any moment (mid-step, between a record
 and its checkpoint, or mid-way through writing a checkpoint, see
 :mod:`sfn_teach.checkpoint`) loses no record and duplicates none. A run is finished when its
-checkpoint is at the last step; finished runs are skipped on resume.
+checkpoint is at the last step; finished runs are skipped on resume. (For the tests, the fault
+point ``"record"`` of :func:`sfn_teach.checkpoint.fault_point` lies between a durable record
+and its checkpoint.)
 """
 
 from __future__ import annotations
