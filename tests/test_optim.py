@@ -10,7 +10,8 @@ import torch
 from sfn_teach.optim import ExactSFN, Newton, NonFiniteStepError, SeriesSFN
 from sfn_teach.series import exact_sfn_direction, sfn_direction
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.float64
+F64 = torch.float64
 
 
 def paper_toy(xy):

@@ -17,28 +17,29 @@ from sfn_teach.series import (
     wynn_epsilon,
 )
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.float64
+F64 = torch.float64
 
 
 def random_symmetric(eigenvalues, seed):
     """Q diag(h) Qᵀ with a random orthogonal Q."""
     gen = torch.Generator().manual_seed(seed)
     n = len(eigenvalues)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen))
-    return q @ torch.diag(torch.as_tensor(eigenvalues)) @ q.T
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64))
+    return q @ torch.diag(torch.as_tensor(eigenvalues, dtype=F64)) @ q.T
 
 
 def indefinite_spectrum(n=50, low=1e-3, high=10.0, seed=0):
     """|h| log-spaced from low to high, random signs (at least one of each)."""
     gen = torch.Generator().manual_seed(seed)
-    magnitudes = torch.logspace(math.log10(low), math.log10(high), n)
+    magnitudes = torch.logspace(math.log10(low), math.log10(high), n, dtype=F64)
     signs = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
     signs[0], signs[-1] = 1.0, -1.0
     return magnitudes * signs
 
 
 def random_grad(n, seed=1):
-    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 def relative_error(a, b):

@@ -1,0 +1,23 @@
+"""Shared test set-up: one thread (timing on a shared 2-core machine is noisy otherwise) and a
+``float64`` marker for modules whose references are exact float64 computations."""
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "float64: run with torch's default dtype set to float64, restored afterwards"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _default_dtype(request):
+    """Set float64 as the default dtype for tests marked ``float64``; always restore it."""
+    previous = torch.get_default_dtype()
+    if request.node.get_closest_marker("float64"):
+        torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
