@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .hvp import hvp
+from .optim import adaptive_step_sizes, levenberg_marquardt
 from .series import series_coefficients, sfn_direction, wynn_epsilon
 from .toys import as_point, get_toy, gradient, hessian
 
@@ -312,3 +313,68 @@ def check_filter_limit(scale: float, answer: float) -> CheckResult:
     if abs(answer - math.sqrt(scale)) <= RTOL * expected:
         hint = "that |h| makes x = 0, where the series converges fastest. " + hint
     return _report(False, f"not the convergence limit for V = {scale:g}. Hint: {hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# The optimiser (notebook 04)
+# --------------------------------------------------------------------------------------------
+
+
+def check_adaptive_step_sizes(student_fn: Callable, seed: int = 0) -> CheckResult:
+    """Check ``student_fn(g_dir, g_prev, q)`` returns the adaptive ``(α, μ)`` of DESIGN.md §4.
+
+    The solution of ``[[gᵀΔ, gᵀδ₀], [gᵀδ₀, q]] (α, μ)ᵀ = (gᵀΔ, gᵀδ₀)ᵀ``, compared with
+    :func:`sfn_teach.optim.adaptive_step_sizes` on random non-singular systems.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(4):
+        g_dir, g_prev, q = (float(x) for x in torch.randn(3, generator=gen, dtype=torch.float64))
+        q = abs(q) + 0.5
+        expected = torch.tensor(adaptive_step_sizes(g_dir, g_prev, q), dtype=torch.float64)
+        cases.append((f"random system {i + 1}", (g_dir, g_prev, q), expected))
+    return _check_function(
+        student_fn, "adaptive (α, μ)", cases,
+        "solve the 2×2 linear system (torch.linalg.solve) and return the pair (α, μ).",
+    )
+
+
+def check_damping_update(student_fn: Callable) -> CheckResult:
+    """Check ``student_fn(damping, rho, omega)`` is the Levenberg–Marquardt rule (no clipping).
+
+    Compared with :func:`sfn_teach.optim.levenberg_marquardt` for ``ρ`` below ``¼``, between
+    ``¼`` and ``¾``, above ``¾`` and negative.
+    """
+    cases = [
+        (f"λ = {lam:g}, ρ = {rho:g}, ω = {omega:g}", (lam, rho, omega),
+         torch.tensor(levenberg_marquardt(lam, rho, omega), dtype=torch.float64))
+        for lam, rho, omega in [(1e-3, 0.9, 0.9), (1e-3, 0.5, 0.9), (1e-3, 0.1, 0.9),
+                                (2.0, -3.0, 0.5), (0.3, 1.7, 0.8)]
+    ]
+    return _check_function(
+        student_fn, "Levenberg–Marquardt damping", cases,
+        "a trustworthy model (ρ near 1) lets λ shrink by ω; a poor one (small or negative ρ) "
+        "makes it grow by 1/ω; in between it stays.",
+    )
+
+
+def check_step_cost(num_terms: int, hvp_cost: float, levenberg_marquardt_damping: bool,
+                    answer) -> CheckResult:
+    """Check the cost of one SeriesSFN step in gradient-equivalents.
+
+    One gradient (1), ``2(K − 1)`` Hessian-vector products at ``c_HVP`` gradients each, and
+    one forward pass (½ a gradient) when Levenberg–Marquardt damping re-evaluates the loss.
+    """
+    if _unanswered(answer):
+        return _not_yet("cost of a step")
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        return _report(False, f"give a number, got {type(answer).__name__}")
+    expected = 1 + 2 * (num_terms - 1) * hvp_cost + (0.5 if levenberg_marquardt_damping else 0)
+    where = (f"K = {num_terms}, c_HVP = {hvp_cost:g}"
+             + (", with Levenberg–Marquardt damping" if levenberg_marquardt_damping else ""))
+    if abs(answer - expected) <= RTOL * expected:
+        return _report(True, f"right: that is the cost of one step with {where}.")
+    return _report(
+        False, f"not the cost of one step with {where}. Hint: count the gradient, the products "
+               "of the series (two per term after the first) and any extra forward pass.",
+    )

@@ -118,6 +118,48 @@ def _check_common(hp):
 
 
 # --------------------------------------------------------------------------------------------
+# The two scalar rules of the update
+# --------------------------------------------------------------------------------------------
+
+
+def adaptive_step_sizes(g_dir: float, g_prev: float, q: float) -> tuple[float, float]:
+    """The paper's adaptive ``(α, μ)``: the solution of
+
+        [ gᵀΔ   gᵀδ₀ ] [α]   [ gᵀΔ  ]
+        [ gᵀδ₀  q    ] [μ] = [ gᵀδ₀ ]
+
+    with ``g_dir = gᵀΔ``, ``g_prev = gᵀδ₀`` and ``q ≈ δ₀ᵀCδ₀``. It minimises the quadratic
+    model ``−α gᵀΔ − μ gᵀδ₀ + ½(α² gᵀΔ + 2αμ gᵀδ₀ + μ² q)`` over the span of ``Δ`` and ``δ₀``,
+    using ``CΔ ≈ g``. The right-hand side is the first column, so a non-singular system gives
+    ``(1, 0)`` up to rounding; a singular one (or non-finite entries) returns ``(1, 0)``, which
+    solves it too. Solved in float64.
+    """
+    system = torch.tensor([[g_dir, g_prev], [g_prev, q]], dtype=torch.float64)
+    rhs = torch.tensor([g_dir, g_prev], dtype=torch.float64)
+    solution, info = torch.linalg.solve_ex(system, rhs)
+    if info.item() != 0 or not torch.isfinite(solution).all():
+        return 1.0, 0.0
+    return float(solution[0]), float(solution[1])
+
+
+def levenberg_marquardt(
+    damping: float, rho: float, omega: float, low: float = 0.0, high: float | None = None
+) -> float:
+    """The Levenberg–Marquardt rule: ``λ ← ωλ`` if ``ρ > ¾``, ``λ/ω`` if ``ρ < ¼``, then clip.
+
+    ``ρ = (f(θ_{t+1}) − f(θ_t))/M`` compares the actual change of the loss with the decrease
+    ``M`` the quadratic model predicted: ``ρ ≈ 1`` means the model is trustworthy and the
+    damping can shrink; a small or negative ``ρ`` (or NaN) means it overpromised. The result
+    is clipped to ``[low, high]``.
+    """
+    if rho > 0.75:
+        damping *= omega
+    elif rho < 0.25 or math.isnan(rho):
+        damping /= omega
+    return min(max(damping, low), high if high is not None else math.inf)
+
+
+# --------------------------------------------------------------------------------------------
 # The shared step
 # --------------------------------------------------------------------------------------------
 
@@ -229,7 +271,10 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         curvature = self._flat_buffer(params, "curvature_buffer")
         g_dir, g_prev = float(grad @ direction), float(grad @ previous)
         q = float(previous @ curvature) or 1.0
-        alpha, mu = self._step_sizes(g_dir, g_prev, q, hp)
+        if hp["adaptive"]:
+            alpha, mu = adaptive_step_sizes(g_dir, g_prev, q)
+        else:
+            alpha, mu = hp["lr"], hp["momentum"]
         update = alpha * direction + mu * previous
         if not torch.isfinite(update).all():
             return self._skip("update", loss, state, hp)
@@ -247,7 +292,9 @@ class CurvatureOptimizer(torch.optim.Optimizer):
                 self._add_to_params(params, update)
                 return self._skip("loss after the step", loss, state, hp)
             rho = (float(new_loss) - float(loss)) / model_decrease
-            state["damping"] = self._adapt_damping(state["damping"], rho, hp)
+            state["damping"] = levenberg_marquardt(
+                state["damping"], rho, hp["damping_factor"], hp["damping_min"], hp["damping_max"]
+            )
 
         self._store_flat(params, "previous_update", update)
         self._store_flat(params, "curvature_buffer", mu * curvature + alpha * grad)
@@ -258,28 +305,6 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         )
         self.stats.setdefault("num_hvps", 0)
         return loss
-
-    def _step_sizes(self, g_dir, g_prev, q, hp):
-        """``(α, μ)``: fixed ``(lr, momentum)``, or the adaptive 2×2 solve."""
-        if not hp["adaptive"]:
-            return hp["lr"], hp["momentum"]
-        system = torch.tensor([[g_dir, g_prev], [g_prev, q]], dtype=torch.float64)
-        rhs = torch.tensor([g_dir, g_prev], dtype=torch.float64)
-        solution, info = torch.linalg.solve_ex(system, rhs)
-        if info.item() != 0 or not torch.isfinite(solution).all():
-            return 1.0, 0.0  # singular: (1, 0) solves the system anyway (rhs = first column)
-        return float(solution[0]), float(solution[1])
-
-    @staticmethod
-    def _adapt_damping(damping, rho, hp):
-        """Levenberg–Marquardt: ``λ ← ωλ`` if ``ρ > ¾``, ``λ/ω`` if ``ρ < ¼``, then clip."""
-        omega = hp["damping_factor"]
-        if rho > 0.75:
-            damping *= omega
-        elif rho < 0.25 or math.isnan(rho):
-            damping /= omega
-        upper = hp["damping_max"] if hp["damping_max"] is not None else math.inf
-        return min(max(damping, hp["damping_min"]), upper)
 
     @staticmethod
     @torch.no_grad()
@@ -292,10 +317,11 @@ class CurvatureOptimizer(torch.optim.Optimizer):
     def _skip(self, what, loss, state, hp):
         """Leave the parameters as they are, grow λ (with LM damping), count the skip."""
         state["skipped_in_a_row"] += 1
-        if hp["damping_factor"] is not None:
-            upper = hp["damping_max"] if hp["damping_max"] is not None else math.inf
-            state["damping"] = min(max(state["damping"], hp["damping_min"]) / hp[
-                "damping_factor"], upper)
+        if hp["damping_factor"] is not None:  # as for a step that failed badly (ρ < ¼)
+            state["damping"] = levenberg_marquardt(
+                max(state["damping"], hp["damping_min"]), -math.inf, hp["damping_factor"],
+                hp["damping_min"], hp["damping_max"],
+            )
         self.stats.update(
             skipped=True, skip_reason=f"non-finite {what}", damping=state["damping"],
             scale=state["scale"], alpha=None, mu=None, rho=None,

@@ -171,3 +171,32 @@ def test_untouched_templates_say_not_answered_yet(capsys):
     ]
     assert all(not r.correct and "not answered yet" in r.message for r in results)
     assert capsys.readouterr().out.count("⏳") == len(results)
+
+
+def test_optimiser_checks_accept_right_and_reject_wrong_answers(capsys):
+    import torch
+
+    from sfn_teach import exercises
+
+    def solve(g_dir, g_prev, q):
+        system = torch.tensor([[g_dir, g_prev], [g_prev, q]], dtype=torch.float64)
+        return torch.linalg.solve(system, torch.tensor([g_dir, g_prev], dtype=torch.float64))
+
+    def momentum_free(g_dir, g_prev, q):
+        return (g_dir / q, 0.0)  # a plausible mistake
+
+    def lm(damping, rho, omega):
+        return damping * omega if rho > 0.75 else damping / omega if rho < 0.25 else damping
+
+    def lm_inverted(damping, rho, omega):
+        return damping / omega if rho > 0.75 else damping * omega if rho < 0.25 else damping
+
+    assert exercises.check_adaptive_step_sizes(solve).correct
+    assert not exercises.check_adaptive_step_sizes(momentum_free).correct
+    assert exercises.check_damping_update(lm).correct
+    assert not exercises.check_damping_update(lm_inverted).correct
+    assert exercises.check_step_cost(5, 2.0, True, 17.5).correct
+    assert not exercises.check_step_cost(5, 2.0, True, 9.5).correct
+    assert not exercises.check_step_cost(5, 2.0, False, 17.5).correct
+    output = capsys.readouterr().out
+    assert "17" not in output.replace("17.5", "") and "17.0" not in output  # no solution shown
