@@ -1,0 +1,135 @@
+"""Data parallelism for the curvature optimisers: rank-averaged operators and SyncBatchNorm.
+
+With the batch split into ``P`` equal shards, one per rank, the loss of the whole batch is the
+average of the shards' losses, ``f = (1/P) Σ_r f_r``, so
+
+    g = (1/P) Σ_r g_r      and      Hv = (1/P) Σ_r H_r v.
+
+The gradient and *every* Hessian-vector product of the series must therefore be averaged over
+the ranks: ``2(K − 1)`` all-reduces per step besides the gradient's (DESIGN.md §5). The
+optimiser does it itself (:class:`RankAveragedOperator`), since the products are not
+``.backward()`` calls that DistributedDataParallel's hooks could see. Each all-reduce sends one
+flat tensor (the loss and the gradient travel together).
+
+BatchNorm couples the shards through the batch statistics. :class:`SyncBatchNorm` computes
+them over all ranks with a *differentiable* all-reduce, so that gradients and Hessian-vector
+products of the whole-batch loss come out right (torch's own ``nn.SyncBatchNorm`` runs only on
+GPUs and its backward is not differentiable twice). With it, or without BatchNorm, an update
+on ``P`` ranks equals the single-process update on the whole batch up to rounding.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as differentiable
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def world_size(group=None) -> int:
+    """The number of ranks in ``group`` (1 when torch.distributed is not initialised)."""
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+class RankAveragedOperator:
+    """The curvature operator of the loss averaged over ranks, from each rank's own operator.
+
+    ``operator`` is this rank's (e.g. :class:`sfn_teach.hvp.ParamsHVP` on its shard). At
+    construction one all-reduce averages ``(f_r, g_r)``; every :meth:`matvec` averages
+    ``H_r v`` with one more. A dense ``hessian``, if the operator has one, is averaged too.
+    ``bytes_reduced`` and ``seconds_reducing`` count the traffic and the time spent in the
+    all-reduces (including waiting for the slowest rank).
+    """
+
+    def __init__(self, operator, group=None):
+        self._operator, self.group = operator, group
+        self.params, self.dim = operator.params, operator.dim
+        self.bytes_reduced, self.seconds_reducing, self.num_products = 0, 0.0, 0
+        grad = operator.grad
+        packed = self.mean(torch.cat([operator.loss.reshape(1).to(grad), grad]))
+        self.loss, self.grad = packed[0], packed[1:]
+        hessian = getattr(operator, "hessian", None)
+        self.hessian = None if hessian is None else self.mean(hessian)
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(1/P) Σ_r tensor_r`` on every rank (a new tensor; one all-reduce)."""
+        total = tensor.detach().clone()
+        start = time.perf_counter()
+        dist.all_reduce(total, group=self.group)
+        self.seconds_reducing += time.perf_counter() - start
+        self.bytes_reduced += total.numel() * total.element_size()
+        return total / world_size(self.group)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``Hv = (1/P) Σ_r H_r v``."""
+        self.num_products += 1
+        return self.mean(self._operator.matvec(v))
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalisation with statistics over the whole batch of all ranks, twice
+    differentiable, on any device and backend (gloo on CPUs, NCCL on GPUs).
+
+    In training mode, per channel ``c`` over all ``N`` values of all ranks,
+
+        m_c = (1/N) Σ x,    s_c = (1/N) Σ x² − m_c²,    y = (x − m_c)/√(s_c + ε) · w_c + b_c,
+
+    where the sums are all-reduced with ``torch.distributed.nn.functional.all_reduce``, whose
+    backward is again an all-reduce: the graph stays differentiable for Hessian-vector
+    products. Running statistics are updated with the global ``m_c`` and the unbiased
+    ``s_c N/(N − 1)``, as ``nn.BatchNorm`` does. Outside training mode (or without running
+    statistics in eval) it is ordinary BatchNorm; without an initialised process group, too.
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions, got {input.dim()}")
+
+    def forward(self, x):
+        use_batch_statistics = self.training or self.running_mean is None
+        if not use_batch_statistics or world_size() == 1:
+            return super().forward(x)
+        dims = [d for d in range(x.dim()) if d != 1]
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        sums = torch.cat([x.sum(dims), (x * x).sum(dims), count])
+        sums = differentiable.all_reduce(sums)
+        channels = x.shape[1]
+        total = sums[-1]
+        mean = sums[:channels] / total
+        variance = sums[channels : 2 * channels] / total - mean * mean
+        if self.training and self.track_running_stats and self.running_mean is not None:
+            self._update_running_statistics(mean.detach(), variance.detach(), total.detach())
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(variance.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    @torch.no_grad()
+    def _update_running_statistics(self, mean, variance, count):
+        self.num_batches_tracked += 1
+        momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                    else self.momentum)
+        unbiased = variance * count / (count - 1).clamp(min=1)
+        self.running_mean.lerp_(mean, momentum)
+        self.running_var.lerp_(unbiased, momentum)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm layer of ``module`` (recursively) by :class:`SyncBatchNorm`,
+    keeping its parameters, buffers and settings. Returns the converted module."""
+    if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+        like = next((t for t in (*module.parameters(), *module.buffers())
+                     if t.is_floating_point()), torch.empty(0))
+        converted = SyncBatchNorm(module.num_features, module.eps, module.momentum,
+                                  module.affine, module.track_running_stats,
+                                  device=like.device, dtype=like.dtype)
+        converted.load_state_dict(module.state_dict())
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child))
+    return module
