@@ -11,7 +11,8 @@ if [ ! -x /usr/bin/chromium ]; then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)
     echo "installing chromium for the browser tests ..."
-    "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq chromium >/dev/null \
+    "${sudo[@]}" apt-get update -qq \
+        && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
         || echo "could not install chromium: the browser tests will fail and say so" >&2
 fi
 

@@ -165,6 +165,11 @@ class _Panel:
         self.acceleration_order = widgets.IntSlider(
             value=acceleration_order, min=0, max=10, description="r", **_SLIDER
         )
+        # CSS classes by which the browser tests (tests/test_browser.py) find the parts
+        for part, name in [(self.num_terms, "k-slider"), (self.damping.box, "damping"),
+                           (self.damping.text, "damping-text"), (self.message, "message"),
+                           (self.image, "figure"), (self.readout, "readout")]:
+            part.add_class(f"sfn-{name}")
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -265,6 +270,7 @@ class SaddleExplorer(_Panel):
             self.image,
             self.readout,
         ])
+        self.widget.add_class("sfn-panel")
         self._cache: dict = {}
         self._background, self._background_key, self._artists = None, None, []
         self.problem.observe(self._on_problem, names="value")
@@ -414,6 +420,7 @@ class FilterExplorer(_Panel):
             self.image,
             self.readout,
         ])
+        self.widget.add_class("sfn-panel")
         self._observe(self.num_terms, self.damping.text, self.scale, self.acceleration_order,
                       self.kind)
         self.update()
