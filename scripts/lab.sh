@@ -7,4 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 extra=()
 [ "$(id -u)" = 0 ] && extra+=(--allow-root)
-exec jupyter lab --notebook-dir=notebooks "${extra[@]}" "$@"
+# Serve the repository (so that jupytext finds jupytext.toml and benchmarks/ are at hand) and open
+# the notebooks folder.
+exec jupyter lab --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks \
+    "${extra[@]}" "$@"

@@ -27,3 +27,15 @@ if ! python -c 'import sfn_teach, pytest, nbclient, playwright, mpmath' 2>/dev/n
     pip_quiet -e ".[dev]"
     touch .venv/.sfn-teach-installed
 fi
+
+# JupyterLab settings for a classroom, in this environment only: no "get notified about news"
+# prompt, no update checks.
+overrides=.venv/share/jupyter/lab/settings/overrides.json
+if [ ! -f "$overrides" ]; then
+    mkdir -p "$(dirname "$overrides")"
+    cat > "$overrides" <<'JSON'
+{
+  "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}
+}
+JSON
+fi

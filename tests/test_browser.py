@@ -259,14 +259,14 @@ def test_readme_main_command_serves_the_notebooks(page, tmp_path):
     options = lab_options(port, token, tmp_path / "lab-state")
     server = start_server(
         ["bash", "scripts/lab.sh", "--no-browser", *options],
-        cwd=ROOT, root_dir=NOTEBOOK_DIR, port=port, token=token,
+        cwd=ROOT, root_dir=ROOT, port=port, token=token,
         log_path=ARTIFACTS / "lab-sh.log", marker=new_marker(), env={"SFN_TEACH_FAST": "1"},
     )
     try:
-        listing = {item["name"] for item in server.api("GET", "/api/contents?content=1")["content"]}
-        missing = {f"{name}.ipynb" for name in ALL_NOTEBOOKS} - listing
+        folder = server.api("GET", "/api/contents/notebooks?content=1")["content"]
+        missing = {f"{name}.ipynb" for name in ALL_NOTEBOOKS} - {item["name"] for item in folder}
         assert not missing, f"scripts/lab.sh does not serve {sorted(missing)}"
-        notebook = open_notebook(page, server, f"{FIRST_NOTEBOOK}.ipynb")
+        notebook = open_notebook(page, server, f"notebooks/{FIRST_NOTEBOOK}.ipynb")
         heading = notebook.panel.locator(".jp-MarkdownCell h1").first
         wait_for(lambda: title_of(FIRST_NOTEBOOK) in (heading.text_content() or ""), 30,
                  f"the title cell {title_of(FIRST_NOTEBOOK)!r} to show", fail=notebook.fail)
