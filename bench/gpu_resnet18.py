@@ -47,9 +47,11 @@ import torch
 import torch.nn.functional as F
 
 from sfn_teach.cifar10 import synthetic_cifar_batch
+from sfn_teach.device import Precision, configure_backends, tf32, timed
 from sfn_teach.hvp import ParamsHVP
 from sfn_teach.models import count_parameters, resnet18_cifar
 from sfn_teach.optim import SeriesSFN
+from sfn_teach.train import make_closure
 
 
 @dataclass(frozen=True)
@@ -130,32 +132,15 @@ def parse_args(argv=None):
         parser.error("no CUDA device: this benchmark is for a GPU (use --smoke for a CPU check)")
     if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 1:
         parser.error("--batch-sizes, --repeats and --warmup must be >= 1")
+    # the library's policy: bf16 autocast for first-order steps only, SeriesSFN in fp32
+    args.precision = Precision(autocast=args.amp, tf32=args.tf32, hvp_tf32=args.tf32)
     return args
 
 
-def configure_backends(args):
-    """cuDNN autotuning on; TF32 for convolutions and matmuls only with ``--tf32``."""
-    if args.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = args.tf32
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-
-
 def milliseconds(fn, device):
-    """Milliseconds one call of ``fn`` takes: CUDA events on a GPU, ``perf_counter`` on a CPU.
-
-    The device is synchronised after the call, so consecutive calls do not overlap.
-    """
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
+    """Milliseconds one call of ``fn`` takes (:func:`sfn_teach.device.timed`: CUDA events on a
+    GPU, ``perf_counter`` on a CPU; the call is complete when the time is read)."""
+    return timed(fn, device)[1] * 1e3
 
 
 def median_ms(fn, args):
@@ -206,24 +191,19 @@ def calibrate(images, labels, args):
 
 
 def step_function(optimiser, model, images, labels, args):
-    """One training step of ``optimiser`` on the fixed batch, and the optimiser."""
+    """One training step of ``optimiser`` on the fixed batch, and the optimiser.
+
+    The step is the training loop's (:func:`sfn_teach.train.make_closure`), in the precision
+    that ``args.precision`` gives this kind of optimiser.
+    """
     optimizer = optimiser.build(model.parameters())
+    dtype, _ = args.precision.step(curvature=bool(optimiser.num_terms))
 
-    def loss():
-        return F.cross_entropy(model(images), labels)
+    def step():
+        optimizer.step(make_closure(optimizer, model, F.cross_entropy, images, labels,
+                                    autocast_dtype=dtype))
 
-    if optimiser.num_terms:
-        return (lambda: optimizer.step(loss)), optimizer
-    autocast = torch.autocast(args.device.type, torch.bfloat16, enabled=args.amp == "bf16")
-
-    def first_order_step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            value = loss()
-        value.backward()
-        optimizer.step()
-
-    return first_order_step, optimizer
+    return step, optimizer
 
 
 def measure(optimiser, images, labels, args, row, compile_model):
@@ -280,8 +260,8 @@ def peak_gib(device):
 
 
 def precision_of(optimiser, args):
-    fp32 = "tf32" if args.tf32 else "fp32"
-    return "bf16 autocast" if args.amp == "bf16" and not optimiser.num_terms else fp32
+    dtype, allow_tf32 = args.precision.step(curvature=bool(optimiser.num_terms))
+    return "bf16 autocast" if dtype is not None else ("tf32" if allow_tf32 else "fp32")
 
 
 def benchmark_batch_size(batch_size, args, deadline):
@@ -352,13 +332,14 @@ def header(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    configure_backends(args)
-    header(args)
-    start = time.perf_counter()
-    rows = []
-    for batch_size in args.batch_sizes:
-        rows += benchmark_batch_size(batch_size, args, start + args.budget_s)
-    print_table(rows, setup_line(args))
+    configure_backends(args.device)  # cuDNN autotuning on a GPU
+    with tf32(args.tf32):  # TF32 convolutions and matmuls only with --tf32
+        header(args)
+        start = time.perf_counter()
+        rows = []
+        for batch_size in args.batch_sizes:
+            rows += benchmark_batch_size(batch_size, args, start + args.budget_s)
+        print_table(rows, setup_line(args))
     say(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

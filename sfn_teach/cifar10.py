@@ -24,16 +24,19 @@ point leaves either the complete cache or none.
 ``$SFN_TEACH_CIFAR10_URL``; else the authors' site. A URL may be ``http(s)://``, ``file://`` or a
 plain local path, for mirrors and offline copies.
 
-**On the device.** :class:`DeviceLoader` keeps a whole split on the device as ``uint8`` and
-builds every batch there: a deterministic shuffle per ``(seed, epoch)``, optional random crop
-(zero padding 4) and horizontal flip (:func:`random_crop_flip`), and per-channel normalisation
-(:func:`normalize`), with no per-sample Python work. :func:`cifar10_loaders` gives the paper's
-setting: 10 % of the training set held out for validation, no augmentation.
+**On the device.** The batch operations work on whole batches on the images' device, with no
+per-sample Python work: per-channel normalisation of ``uint8`` images (:func:`normalize`) and
+the random crop (zero padding 4) and horizontal flip (:func:`random_crop_flip`).
+:func:`sfn_teach.data.cifar10_dataset` keeps the images on the device as ``uint8`` with these
+as per-batch transform and augmentation, and :class:`sfn_teach.data.Batches` shuffles them;
+:func:`validation_split` is the paper's hold-out of 10 % of the training set.
 
 **Generated data.** :func:`write_cifar10_archive` writes an archive in exactly this format and
 layout from :func:`synthetic_cifar10` (random images with a learnable class template), so tests
-and CPU smoke runs exercise the real download and parsing code; :func:`synthetic_cifar_batch`
-makes one CIFAR-shaped batch on the device for throughput measurements.
+and CPU smoke runs exercise the real download and parsing code; :func:`load_generated_cifar10`
+writes one into the data directory and reads it back through :func:`load_cifar10`.
+:func:`synthetic_cifar_batch` makes one CIFAR-shaped batch on the device for throughput
+measurements.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def _check_positive_int(name, value):
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _check_counts(num_train, num_test):
+def check_counts(num_train, num_test):
     """Validate image counts: positive, and ``num_train`` split evenly over five files."""
     _check_positive_int("num_train", num_train)
     _check_positive_int("num_test", num_test)
@@ -119,7 +122,7 @@ class ArchiveSpec:
         if not (isinstance(self.sha256, str) and re.fullmatch("[0-9a-f]{64}", self.sha256)):
             raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
         _check_positive_int("size", self.size)
-        _check_counts(self.num_train, self.num_test)
+        check_counts(self.num_train, self.num_test)
 
     @classmethod
     def of_file(cls, path, num_train=50_000, num_test=10_000):
@@ -422,7 +425,7 @@ def read_cifar10_archive(path, num_train=50_000, num_test=10_000) -> CIFAR10Arra
     Does not check the archive's checksum: :func:`download_cifar10` does that first.
     """
     path = Path(path)
-    _check_counts(num_train, num_test)
+    check_counts(num_train, num_test)
     per_file = num_train // len(TRAIN_MEMBERS)
     expected_bytes = {name: per_file * RECORD_BYTES for name in TRAIN_MEMBERS}
     expected_bytes[TEST_MEMBER] = num_test * RECORD_BYTES
@@ -528,6 +531,23 @@ def load_cifar10(
     return arrays
 
 
+def load_generated_cifar10(data_dir=None, num_train=50_000, num_test=10_000, progress=True):
+    """A generated archive written into the data directory and read back like the real one.
+
+    Writes :func:`write_cifar10_archive` (seed 0; ``num_train + num_test`` images) to
+    ``generated-<num_train>-<num_test>/cifar-10-binary.tar.gz`` under :func:`cifar10_dir`
+    ``(data_dir)`` — its own folder, so it never meets a real archive or its cache — and
+    returns :func:`load_cifar10` of that folder without download, for the archive's own size
+    and SHA-256. That is the verification, the streaming parser and the cache of the real data,
+    with no network. The archive is rewritten on every call (it is reproducible: the same
+    bytes); the parsed cache is reused while it matches.
+    """
+    directory = cifar10_dir(data_dir) / f"generated-{num_train}-{num_test}"
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = write_cifar10_archive(directory / ARCHIVE_NAME, num_train, num_test)
+    return load_cifar10(directory, download=False, archive=archive, progress=progress)
+
+
 # --------------------------------------------------------------------------------------------
 # Generated data in the same format
 # --------------------------------------------------------------------------------------------
@@ -583,7 +603,7 @@ def write_cifar10_archive(path, num_train=50_000, num_test=10_000, seed=0) -> Ar
     Written atomically and reproducibly (fixed timestamps); the returned
     :class:`ArchiveSpec` holds its size and SHA-256, ready for :func:`load_cifar10`.
     """
-    _check_counts(num_train, num_test)
+    check_counts(num_train, num_test)
     arrays = synthetic_cifar10(num_train, num_test, seed)
     per_file = num_train // len(TRAIN_MEMBERS)
 
@@ -647,8 +667,9 @@ def random_crop_flip(images, generator=None, padding=4):
     width axis — i.e. ``out[n, c, i, j] = padded[n, c, i + dy, j + dx]``, or ``… W − 1 − j + dx``
     when flipped. The standard CIFAR augmentation (crop 32, pad 4, flip), done by one gather on
     the images' device; the dtype is kept, so apply it to ``uint8`` images before
-    :func:`normalize` (the padding is then black). Deterministic given ``generator``, which
-    must live on the images' device.
+    :func:`normalize` (the padding is then black). The ``3N`` random numbers are drawn from
+    ``generator`` on its own device (the default generator of the images' device if ``None``)
+    and moved to the images: with a CPU generator the result is the same on every device.
     """
     if images.dim() != 4:
         raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
@@ -656,9 +677,11 @@ def random_crop_flip(images, generator=None, padding=4):
         raise ValueError(f"padding must be an int >= 0, got {padding!r}")
     n, channels, height, width = images.shape
     device = images.device
+    source = generator.device if generator is not None else device
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy, dx = torch.randint(2 * padding + 1, (2, n, 1), generator=generator, device=device)
-    flip = torch.rand(n, 1, generator=generator, device=device) < 0.5
+    shifts = torch.randint(2 * padding + 1, (2, n, 1), generator=generator, device=source)
+    dy, dx = shifts.to(device)
+    flip = (torch.rand(n, 1, generator=generator, device=source) < 0.5).to(device)
     rows = dy + torch.arange(height, device=device)
     columns = torch.arange(width, device=device)
     columns = dx + torch.where(flip, columns.flip(0), columns)
@@ -670,117 +693,19 @@ def random_crop_flip(images, generator=None, padding=4):
     ]
 
 
-def _epoch_seed(seed, epoch):
-    """A well-mixed 32-bit seed for ``(seed, epoch)`` (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-class DeviceLoader:
-    """Batches of one split, made on the device from ``uint8`` images kept there.
-
-    ``images`` (``uint8 [N, 3, 32, 32]``) and ``labels`` are copied to ``device`` once.
-    Iterating yields ``(float32 images [B, 3, 32, 32], int64 labels [B])``: the batch is
-    indexed on the device, optionally augmented by :func:`random_crop_flip` (still ``uint8``),
-    then normalised by :func:`normalize`, and with ``channels_last`` put in that memory format.
-    No per-sample Python work.
-
-    Order: with ``shuffle``, epoch ``e`` uses ``randperm(N)`` from a generator on the device
-    seeded by ``(seed, e)``, and the same generator draws the augmentation, so an epoch is a
-    deterministic function of ``(seed, e)`` on a given device. Each ``iter(loader)`` uses
-    ``loader.epoch`` and then increments it; set ``loader.epoch`` to resume, or call
-    :meth:`batches` with an explicit epoch. Without ``shuffle``, the order is ``0 … N−1``.
-    The last, smaller batch is kept unless ``drop_last``.
-    """
-
-    def __init__(
-        self, images, labels, batch_size, *, device=None, shuffle=False, augment=False,
-        drop_last=False, seed=0, channels_last=False,
-    ):
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        if labels.shape != images.shape[:1]:
-            raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
-        _check_positive_int("batch_size", batch_size)
-        self.device = torch.device(device) if device is not None else images.device
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device, torch.int64)
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
-        self.epoch = 0
-
-    def __len__(self):
-        """The number of batches per epoch."""
-        full, rest = divmod(len(self.labels), self.batch_size)
-        return full if self.drop_last or not rest else full + 1
-
-    def __iter__(self):
-        batches = self.batches(self.epoch)
-        self.epoch += 1
-        return batches
-
-    def batches(self, epoch):
-        """The batches of epoch ``epoch`` (a generator; see the class docstring)."""
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(_epoch_seed(self.seed, epoch))
-        n = len(self.labels)
-        order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
-        for i in range(len(self)):
-            rows = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            index = rows if order is None else order[rows]
-            images = self.images[index]
-            if self.augment:
-                images = random_crop_flip(images, generator)
-            images = normalize(images)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, self.labels[index]
+def validation_size(num_train, fraction):
+    """How many of ``num_train`` images :func:`validation_split` holds out, ``round(f·N)``."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+    return round(fraction * num_train)
 
 
 def validation_split(num_train, fraction=0.1, seed=0):
     """Disjoint index sets ``(train, validation)`` covering ``0 … num_train−1``, sorted.
 
-    ``round(fraction · num_train)`` indices, drawn uniformly without replacement by a CPU
-    generator seeded with ``seed``, are held out for validation (the same on every machine).
+    :func:`validation_size` indices, drawn uniformly without replacement by a CPU generator
+    seeded with ``seed``, are held out for validation (the same on every machine).
     """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+    held_out = validation_size(num_train, fraction)
     permutation = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed))
-    held_out = round(fraction * num_train)
     return permutation[held_out:].sort().values, permutation[:held_out].sort().values
-
-
-def cifar10_loaders(
-    arrays: CIFAR10Arrays, batch_size, device=None, *, eval_batch_size=None,
-    validation_fraction=0.1, split_seed=0, augment=False, seed=0, drop_last=False,
-    channels_last=False,
-):
-    """Three :class:`DeviceLoader` objects ``(train, validation, test)`` on ``device``.
-
-    The paper's setting by default: ``validation_fraction`` (10 %) of the training images
-    held out by :func:`validation_split` with ``split_seed`` (so the hold-out is the same for
-    every training ``seed``), no augmentation. The training loader shuffles per
-    ``(seed, epoch)`` and, with ``augment``,
-    applies :func:`random_crop_flip`; validation and test are in order and never augmented,
-    in batches of ``eval_batch_size`` (default ``batch_size``). ``validation`` is ``None``
-    when ``validation_fraction`` is 0.
-    """
-    eval_batch_size = eval_batch_size or batch_size
-    train_index, validation_index = validation_split(
-        len(arrays.train_labels), validation_fraction, split_seed
-    )
-
-    def loader(images, labels, size, **options):
-        return DeviceLoader(images, labels, size, device=device,
-                            channels_last=channels_last, **options)
-
-    train = loader(
-        arrays.train_images[train_index], arrays.train_labels[train_index], batch_size,
-        shuffle=True, augment=augment, drop_last=drop_last, seed=seed,
-    )
-    validation = None
-    if len(validation_index):
-        validation = loader(arrays.train_images[validation_index],
-                            arrays.train_labels[validation_index], eval_batch_size)
-    test = loader(arrays.test_images, arrays.test_labels, eval_batch_size)
-    return train, validation, test

@@ -2,12 +2,23 @@
 
 Every dataset is a :class:`Dataset` of three :class:`Split` parts (train, validation, test),
 each a pair ``(inputs, targets)`` of tensors on one device, so a training step needs no
-per-sample Python work. :data:`DATASETS` is the registry the benchmark runner reads: what it
-needs to know before loading (sizes, shapes) and the function that loads.
+per-sample Python work. A split keeps its inputs as stored (features ready to use, or ``uint8``
+images) with the per-batch ``transform`` that makes them model inputs (e.g. normalisation);
+a dataset may name a training augmentation, applied per batch on the device by
+:class:`Batches`, the one place that decides which examples a step sees. :data:`DATASETS` is
+the registry the benchmark runner reads: what it needs to know before loading (sizes, shapes,
+options) and the function that loads.
 
 - **digits** (:func:`load_digits`): the UCI optical handwritten digits, 1,797 images of 8×8
   pixels with counts 0–16, shipped in ``data/digits.npz`` (CC BY 4.0; provenance, licence and
   the split in ``data/README.md``). Fixed stratified split 1,000 / 397 / 400.
+- **cifar10** (:func:`load_cifar10_task`): CIFAR-10 from its authors' binary archive
+  (:mod:`sfn_teach.cifar10`: verified download, parse, cache), or with ``generated = true``
+  from an archive in the same format that is written on the spot, and read by the same code.
+- **cifar10_synthetic**: CIFAR-shaped random data made in memory, for throughput.
+
+Both CIFAR tasks keep every image on the device as ``uint8`` and normalise per batch
+(:func:`cifar10_dataset`); 10 % of the training images are held out for validation.
 
 Files are found in :func:`data_dir`: ``$SFN_TEACH_DATA_DIR`` if set, else the repository's
 ``data/`` folder. Every file is checked against its SHA-256 before it is read.
@@ -18,11 +29,26 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .cifar10 import (
+    CLASSES,
+    IMAGE_SHAPE,
+    CIFAR10Arrays,
+    check_counts,
+    load_cifar10,
+    load_generated_cifar10,
+    normalize,
+    random_crop_flip,
+    synthetic_cifar10,
+    validation_size,
+    validation_split,
+)
 
 DIGITS_FILE = "digits.npz"
 SPLITS = ("train", "val", "test")
@@ -80,24 +106,48 @@ def verify_checksum(path, checksum_path, restore_hint) -> None:
 
 @dataclass(frozen=True)
 class Split:
-    """One part of a dataset: ``inputs`` (N, …) floating point and ``targets`` (N,) int64."""
+    """One part of a dataset: ``inputs`` (N, …) as stored, ``targets`` (N,) int64, on one device.
+
+    ``transform`` turns a batch of stored inputs into model inputs on their device (e.g.
+    ``uint8`` images into normalised floats), ``None`` if they are model inputs already. It is
+    applied per batch (:meth:`prepare`), so a whole split can stay on the device in its
+    compact stored form.
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor
+    transform: Callable | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    def prepare(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Model inputs from stored ``inputs`` (rows of :attr:`inputs`): ``transform(inputs)``."""
+        return inputs if self.transform is None else self.transform(inputs)
+
+    def chunks(self, size: int | None = None):
+        """The split in order as ``(model inputs, targets)`` batches of ``size`` (``None``: one)."""
+        size = size or len(self)
+        for start in range(0, len(self), size):
+            rows = slice(start, start + size)
+            yield self.prepare(self.inputs[rows]), self.targets[rows]
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification dataset in three parts, ``train``, ``val`` and ``test``."""
+    """A classification dataset in three parts, ``train``, ``val`` and ``test``.
+
+    ``augment(inputs, generator) -> inputs``, if set, is the training augmentation: applied by
+    :class:`Batches` to each training batch of stored inputs before the split's transform,
+    drawing its randomness from ``generator`` only. Evaluation never augments.
+    """
 
     name: str
     train: Split
     val: Split
     test: Split
     num_classes: int
+    augment: Callable | None = None
 
     def split(self, name: str) -> Split:
         """The part called ``name``: ``"train"``, ``"val"`` or ``"test"``."""
@@ -157,26 +207,175 @@ def load_digits(dtype=torch.float32, device="cpu", directory=None) -> Dataset:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 as a dataset on the device
+# --------------------------------------------------------------------------------------------
+
+
+def cifar10_dataset(arrays: CIFAR10Arrays, dtype=torch.float32, device="cpu", *,
+                    validation_fraction=0.1, split_seed=0, augment=False) -> Dataset:
+    """CIFAR-10 arrays as a :class:`Dataset` whose images stay on ``device`` as ``uint8``.
+
+    ``validation_fraction`` of the training images (the paper: 10 %) are held out by
+    :func:`sfn_teach.cifar10.validation_split` with ``split_seed``, the same hold-out for every
+    training seed; the test images are the test set. Every split's transform is
+    :func:`sfn_teach.cifar10.normalize` to ``dtype`` (per batch, on the device). With
+    ``augment`` the training batches get :func:`sfn_teach.cifar10.random_crop_flip` (pad 4,
+    random crop, horizontal flip; the paper's setting is without).
+    """
+    train_rows, validation_rows = validation_split(
+        len(arrays.train_labels), validation_fraction, split_seed
+    )
+
+    def split(images, labels):
+        return Split(images.to(device), labels.to(device), partial(normalize, dtype=dtype))
+
+    return Dataset(
+        name="cifar10",
+        train=split(arrays.train_images[train_rows], arrays.train_labels[train_rows]),
+        val=split(arrays.train_images[validation_rows], arrays.train_labels[validation_rows]),
+        test=split(arrays.test_images, arrays.test_labels),
+        num_classes=len(CLASSES),
+        augment=random_crop_flip if augment else None,
+    )
+
+
+def cifar10_part_sizes(*, validation_fraction=0.1, num_train=50_000, num_test=10_000, **_):
+    """``{"train", "val", "test"}`` sizes of a CIFAR task (other options are ignored).
+
+    Raises ``ValueError`` naming the option when a part would be empty.
+    """
+    for name, value in (("num_train", num_train), ("num_test", num_test)):
+        if value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value}")
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    held_out = validation_size(num_train, validation_fraction)
+    if not 1 <= held_out < num_train:
+        raise ValueError(f"validation_fraction = {validation_fraction} holds out {held_out} of "
+                         f"num_train = {num_train} images; both parts need at least one")
+    return {"train": num_train - held_out, "val": held_out, "test": num_test}
+
+
+def cifar10_sizes(*, generated=False, url="", num_train=50_000, num_test=10_000, **options):
+    """The sizes of the ``cifar10`` task: the real archive has 50,000 + 10,000 images, a
+    ``generated`` one any multiple of 5 training images (:func:`cifar10_part_sizes`).
+
+    Also refuses a ``url`` for a generated archive, which is never downloaded.
+    """
+    if generated:
+        if url:
+            raise ValueError(f"url must be empty for a generated archive (it is written here, "
+                             f"not downloaded), got {url!r}")
+        check_counts(num_train, num_test)
+    else:
+        for name, value, real in (("num_train", num_train, 50_000),
+                                  ("num_test", num_test, 10_000)):
+            if value != real:
+                raise ValueError(f"{name} must be {real:,} for the real archive (other sizes "
+                                 f"need generated = true), got {value}")
+    return cifar10_part_sizes(num_train=num_train, num_test=num_test, **options)
+
+
+CIFAR10_OPTIONS = {
+    "augment": False,             # random crop (pad 4) + horizontal flip of training batches
+    "validation_fraction": 0.1,   # of the training images held out for validation
+    "split_seed": 0,              # which ones (the same for every training seed)
+    "num_train": 50_000,          # training images (other than 50,000: generated only)
+    "num_test": 10_000,
+}
+"""Options (with defaults) of both CIFAR tasks; ``cifar10`` has the file options too."""
+
+
+def load_cifar10_task(dtype=torch.float32, device="cpu", progress=True, *, augment=False,
+                      validation_fraction=0.1, split_seed=0, num_train=50_000, num_test=10_000,
+                      dir="", url="", download=True, generated=False) -> Dataset:
+    """The ``cifar10`` task: :func:`cifar10_dataset` of the binary archive's images.
+
+    The archive is found, downloaded and verified by :func:`sfn_teach.cifar10.load_cifar10`
+    in the folder ``dir`` from ``url`` (``""``: that module's defaults, which honour
+    ``$SFN_TEACH_DATA_DIR`` and ``$SFN_TEACH_CIFAR10_URL``); ``download=False`` only uses a
+    copy already there. With ``generated``, :func:`sfn_teach.cifar10.load_generated_cifar10`
+    writes an archive of ``num_train`` + ``num_test`` random images in exactly the CIFAR-10
+    format under ``dir`` and reads it back through the same verification and parser, with no
+    download (for tests, smoke runs and machines without the data).
+    """
+    cifar10_sizes(validation_fraction=validation_fraction, generated=generated, url=url,
+                  num_train=num_train, num_test=num_test)
+    if generated:
+        arrays = load_generated_cifar10(dir or None, num_train, num_test, progress=progress)
+    else:
+        arrays = load_cifar10(dir or None, download=download, url=url or None, progress=progress)
+    return cifar10_dataset(arrays, dtype, device, validation_fraction=validation_fraction,
+                           split_seed=split_seed, augment=augment)
+
+
+def load_cifar10_synthetic(dtype=torch.float32, device="cpu", progress=True, *, augment=False,
+                           validation_fraction=0.1, split_seed=0, num_train=50_000,
+                           num_test=10_000) -> Dataset:
+    """The ``cifar10_synthetic`` task: :func:`sfn_teach.cifar10.synthetic_cifar10` (seed 0)
+    made in memory, no files, as a :func:`cifar10_dataset` (for throughput measurements)."""
+    cifar10_part_sizes(validation_fraction=validation_fraction, num_train=num_train,
+                       num_test=num_test)
+    return cifar10_dataset(synthetic_cifar10(num_train, num_test), dtype, device,
+                           validation_fraction=validation_fraction, split_seed=split_seed,
+                           augment=augment)
+
+
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A registry entry: what is known before loading, and ``load(dtype, device)``."""
+    """A registry entry: what is known before loading, and how to load.
+
+    ``options`` are the task's settings with their defaults (a benchmark config's ``[data]``
+    table). ``sizes(**options)`` gives ``{"train": n, "val": n, "test": n}`` and raises
+    ``ValueError`` naming the option for values that cannot work; ``load(dtype, device,
+    progress, **options)`` returns the :class:`Dataset` (``progress``: show download bars).
+    ``eval_batch_size`` is the default chunk for evaluation (``None``: whole splits).
+    """
 
     name: str
-    sizes: dict  # number of examples per part: {"train": …, "val": …, "test": …}
     input_shape: tuple
     num_classes: int
-    load: Callable  # (dtype, device) -> Dataset
+    sizes: Callable
+    load: Callable
+    options: dict = field(default_factory=dict)
+    eval_batch_size: int | None = None
 
 
 DATASETS = {
     "digits": DatasetInfo(
         name="digits",
-        sizes={"train": 1000, "val": 397, "test": 400},
         input_shape=(64,),
         num_classes=10,
-        load=load_digits,
+        sizes=lambda **_: {"train": 1000, "val": 397, "test": 400},
+        load=lambda dtype, device, progress=True, dir="": load_digits(dtype, device, dir or None),
+        options={"dir": ""},  # the folder of digits.npz ("": data_dir())
+    ),
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        input_shape=IMAGE_SHAPE,
+        num_classes=len(CLASSES),
+        sizes=cifar10_sizes,
+        load=load_cifar10_task,
+        options={**CIFAR10_OPTIONS, "dir": "", "url": "", "download": True, "generated": False},
+        eval_batch_size=1000,
+    ),
+    "cifar10_synthetic": DatasetInfo(
+        name="cifar10_synthetic",
+        input_shape=IMAGE_SHAPE,
+        num_classes=len(CLASSES),
+        sizes=cifar10_part_sizes,
+        load=load_cifar10_synthetic,
+        options=dict(CIFAR10_OPTIONS),
+        eval_batch_size=1000,
     ),
 }
+"""The tasks a benchmark config can name, by its ``task``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,14 +390,20 @@ class Batches:
     with ``SeedSequence([seed, e])`` (NumPy's hash of the pair, so different seeds and epochs
     give unrelated orders), and cuts it into ``N // batch_size`` batches, dropping the last
     partial one so that every step sees exactly ``batch_size`` examples. Step ``t`` is batch
-    ``t mod steps_per_epoch`` of epoch ``t // steps_per_epoch``.
+    ``i = t mod steps_per_epoch`` of epoch ``e = t // steps_per_epoch``.
 
-    The order is a pure function of ``(seed, t)``: there is no generator state to save, and a
-    run resumed at step ``t`` sees the same batches as one that never stopped. The batch is
-    gathered by indexing on the data's device.
+    With ``augment(inputs, generator)`` (a :attr:`Dataset.augment`), the stored inputs of the
+    batch are augmented before the split's transform, with a generator seeded by
+    ``SeedSequence([seed, e, i + 1])`` (:meth:`generator`).
+
+    Everything is a pure function of ``(seed, t)``: there is no generator state to save, and a
+    run resumed at step ``t`` sees the same batches as one that never stopped. The permutation
+    and the augmentation draws come from CPU generators, so the batches are the same on every
+    device; the batch itself is gathered, augmented and transformed on the data's device, with
+    no per-example Python work.
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int):
+    def __init__(self, split: Split, batch_size: int, seed: int, augment: Callable | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if batch_size > len(split):
@@ -206,21 +411,37 @@ class Batches:
                 f"batch_size must be at most the number of examples ({len(split)}), "
                 f"got {batch_size}"
             )
-        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
         self.steps_per_epoch = len(split) // batch_size
         self._epoch, self._order = None, None
 
     def order(self, epoch: int) -> torch.Tensor:
         """The permutation of the examples for ``epoch`` (int64, on the data's device)."""
-        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(_mixed_seed(self.seed, epoch))
         order = torch.randperm(len(self.split), generator=generator)
         return order.to(self.split.targets.device)
 
+    def generator(self, step: int) -> torch.Generator:
+        """The CPU generator of step ``step``'s augmentation (a fresh one per call)."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        return torch.Generator().manual_seed(_mixed_seed(self.seed, epoch, index + 1))
+
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch ``(inputs, targets)`` of global step ``step`` (counted from 0)."""
+        """The batch ``(model inputs, targets)`` of global step ``step`` (counted from 0)."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch, self._order = epoch, self.order(epoch)
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.split.inputs[rows], self.split.targets[rows]
+        inputs = self.split.inputs[rows]
+        if self.augment is not None:
+            inputs = self.augment(inputs, self.generator(step))
+        return self.split.prepare(inputs), self.split.targets[rows]
+
+
+def _mixed_seed(*words: int) -> int:
+    """A well-mixed 32-bit seed from non-negative ints (NumPy's ``SeedSequence`` hash).
+
+    ``SeedSequence`` pads short lists with zeros, so ``(a, b)`` and ``(a, b, 0)`` give the same
+    seed: callers that extend a key append words ``>= 1``.
+    """
+    return int(np.random.SeedSequence(list(words)).generate_state(1)[0])

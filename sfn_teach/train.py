@@ -5,26 +5,46 @@ Hessian-vector products themselves: their closure *returns* the loss. ``torch.op
 optimisers expect the closure to zero the gradients and call ``backward``. :func:`make_closure`
 is the one place that knows this; the loop is otherwise the same for all.
 
+**BatchNorm.** The gradient and the Hessian-vector products of a step are taken on the same
+batch and model state, in training mode (batch statistics). Running statistics are updated
+exactly once per step, by the first forward pass of the step: a second evaluation of the
+closure (the Levenberg–Marquardt re-evaluation, or an HVP backend that re-runs the closure)
+uses batch statistics and updates nothing (:func:`make_closure`).
+
 **What is measured.** After every step :class:`Trainer` adds up
 
-- the wall-clock time of the training steps only (fetching the batch and ``optimizer.step``;
-  evaluation, checkpoints and logging excluded), synchronising the device first on a GPU;
+- the time of the training steps only (fetching the batch and ``optimizer.step``; evaluation,
+  checkpoints and logging excluded), with CUDA events on a GPU (:func:`sfn_teach.device.timed`).
+  The first ``warmup_steps`` steps a trainer takes (cuDNN autotuning, allocator growth) count
+  in ``warmup_seconds`` instead of ``wall_clock``, and with ``compile`` the first step, which
+  compiles, in ``compile_seconds``; both are reported, never hidden;
 - the work in *gradient-equivalents* (:class:`CostModel`): one per gradient, ``c_HVP`` per
   Hessian-vector product and ``c_fwd`` per forward-only pass, counted from the optimiser's
   ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``; a ``torch.optim`` optimiser
   costs one gradient per step). Evaluation passes are not counted.
 
-**Determinism.** The data order is a function of ``(seed, step)`` (:class:`sfn_teach.data.Batches`)
-and :meth:`Trainer.state_dict` holds everything else that changes: the model, the optimiser,
-every random generator and the counters. With a fixed seed a CPU run is reproducible bit for
-bit, and a run restored from a state dict continues exactly as if it had never stopped.
+**Precision and compilation.** Each step runs in the precision that
+:class:`sfn_teach.device.Precision` gives its kind of optimiser (curvature steps in float32
+unless asked otherwise); evaluation always in float32. With ``compile``, the training forward
+pass goes through ``torch.compile``; if the first step fails that way (double backward through
+a compiled graph is not supported by PyTorch's AOTAutograd), the trainer restores its state,
+falls back to the eager model, warns and says so in every record (``compiled``,
+``compile_error``).
+
+**Determinism.** The data order and augmentation are a function of ``(seed, step)``
+(:class:`sfn_teach.data.Batches`) and :meth:`Trainer.state_dict` holds everything else that
+changes: the model, the optimiser, every random generator and the counters. With a fixed seed
+a CPU run is reproducible bit for bit, and a run restored from a state dict continues exactly
+as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import random
-import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +54,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import rng_state, set_rng_state
 from .data import SPLITS, Batches, Dataset, Split
-from .hvp import ModelHVP, dense_hessian
+from .device import Precision, autocast, tf32, timed
+from .hvp import ModelHVP, batchnorm_policy, dense_hessian
 from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN
 
 OPTIMIZERS = {
@@ -48,6 +69,8 @@ OPTIMIZERS = {
 
 STAT_FIELDS = ("scale", "damping", "alpha", "mu", "rho")
 """Statistics of the last step copied into every record (``V``, ``λ``, ``α``, ``μ``, ``ρ``)."""
+TIMING_FIELDS = ("wall_clock", "warmup_seconds", "compile_seconds")
+"""The record fields that are measured times (they differ between otherwise identical runs)."""
 
 
 @dataclass(frozen=True)
@@ -76,16 +99,32 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def make_closure(optimizer, model, loss_fn, inputs, targets):
+def make_closure(optimizer, model, loss_fn, inputs, targets, *, forward=None,
+                 autocast_dtype=None):
     """The closure of one step on the batch ``(inputs, targets)``.
 
-    For a :class:`sfn_teach.optim.CurvatureOptimizer` it returns ``loss_fn(model(inputs),
+    For a :class:`sfn_teach.optim.CurvatureOptimizer` it returns ``loss_fn(forward(inputs),
     targets)`` and nothing else; for any other optimiser it zeroes the gradients, computes the
-    loss, calls ``backward`` and returns the loss, as ``torch.optim`` expects.
+    loss, calls ``backward`` and returns the loss, as ``torch.optim`` expects. ``forward`` is
+    the callable that computes the outputs (default ``model``, or e.g. the model compiled by
+    ``torch.compile``); with ``autocast_dtype`` the forward pass (not the backward) runs under
+    ``torch.autocast`` of that dtype on the inputs' device.
+
+    The first call is a training forward pass: BatchNorm normalises by batch statistics and
+    updates its running statistics. Every later call (the Levenberg–Marquardt re-evaluation at
+    ``θ_{t+1}``, or an HVP backend that re-runs the closure) is made under
+    :func:`sfn_teach.hvp.batchnorm_policy` ``(model, "train")``: batch statistics again, nothing
+    updated. So the running statistics move exactly once per step, for every optimiser.
     """
+    forward = model if forward is None else forward
+    calls = 0
 
     def loss():
-        return loss_fn(model(inputs), targets)
+        nonlocal calls
+        calls += 1
+        batchnorm = contextlib.nullcontext() if calls == 1 else batchnorm_policy(model, "train")
+        with batchnorm, autocast(inputs.device, autocast_dtype):
+            return loss_fn(forward(inputs), targets)
 
     if isinstance(optimizer, CurvatureOptimizer):
         return loss
@@ -105,18 +144,18 @@ def evaluate(model, loss_fn, split: Split, batch_size: int | None = None) -> dic
 
     ``loss = (1/N) Σ_i ℓ(f(x_i), y_i)``, accumulated as chunk means weighted by chunk size
     (``loss_fn`` must reduce by the mean); ``accuracy`` is the fraction of ``argmax f(x_i) =
-    y_i``. ``batch_size=None`` evaluates the whole split at once. The model's training flag
-    is restored afterwards.
+    y_i``. ``batch_size=None`` evaluates the whole split at once. Runs in the model's dtype
+    without autocast and with TF32 off, the same for every optimiser. The model's training
+    flag is restored afterwards.
     """
     was_training = model.training
     model.eval()
-    size = batch_size or len(split)
     total_loss, correct = 0.0, 0
-    for start in range(0, len(split), size):
-        inputs, targets = split.inputs[start : start + size], split.targets[start : start + size]
-        outputs = model(inputs)
-        total_loss += float(loss_fn(outputs, targets)) * len(targets)
-        correct += int((outputs.argmax(dim=1) == targets).sum())
+    with tf32(False):
+        for inputs, targets in split.chunks(batch_size):
+            outputs = model(inputs)
+            total_loss += float(loss_fn(outputs, targets)) * len(targets)
+            correct += int((outputs.argmax(dim=1) == targets).sum())
     model.train(was_training)
     return {"loss": total_loss / len(split), "accuracy": correct / len(split)}
 
@@ -132,28 +171,29 @@ def hessian_eigenvalues(model, loss_fn, inputs, targets) -> torch.Tensor:
     return torch.linalg.eigvalsh(dense_hessian(operator.matvec, operator.grad))
 
 
-def _synchronize(device: torch.device) -> None:
-    """Wait for queued kernels, so that a GPU step is timed when it is done."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Trainer:
     """Trains ``model`` with ``optimizer`` on minibatches of ``dataset.train``.
 
     Args:
         model, optimizer: any ``nn.Module`` and a ``torch.optim`` or :mod:`sfn_teach.optim`
             optimiser over its parameters.
-        dataset: a :class:`sfn_teach.data.Dataset` (tensors on the model's device).
+        dataset: a :class:`sfn_teach.data.Dataset` (tensors on the model's device); its
+            ``augment``, if any, is applied to the training batches.
         batch_size: examples per step (the last partial batch of an epoch is dropped).
         seed: the data-order seed (:class:`sfn_teach.data.Batches`). Model initialisation is
             the caller's: call :func:`seed_everything` before building the model.
         loss_fn: a mean-reduced loss ``(outputs, targets) ↦ scalar`` (cross-entropy).
         cost: the :class:`CostModel` of the gradient-equivalents.
         eval_batch_size: chunk size for evaluation (``None``: whole splits at once).
+        precision: the :class:`sfn_teach.device.Precision` of the steps (default: all fp32).
+        compile: run the training forward pass through ``torch.compile``, falling back to the
+            eager model if the first step fails (see the module docstring).
+        warmup_steps: how many steps this trainer takes first without counting them in
+            ``wall_clock`` (their time is ``warmup_seconds``).
 
     :meth:`run` trains and evaluates; :meth:`state_dict` / :meth:`load_state_dict` save and
-    restore everything needed to continue bit for bit.
+    restore everything needed to continue bit for bit. A trainer restored from a state dict
+    warms up (and compiles) again, as a fresh process must.
     """
 
     def __init__(
@@ -166,14 +206,25 @@ class Trainer:
         loss_fn=F.cross_entropy,
         cost: CostModel = CostModel(),
         eval_batch_size: int | None = None,
+        *,
+        precision: Precision | None = None,
+        compile: bool = False,
+        warmup_steps: int = 0,
     ):
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
         self.loss_fn, self.cost, self.eval_batch_size = loss_fn, cost, eval_batch_size
-        self.batches = Batches(dataset.train, batch_size, seed)
+        self.precision, self.warmup_steps = precision or Precision(), warmup_steps
+        self.batches = Batches(dataset.train, batch_size, seed, dataset.augment)
         self.device = next(model.parameters()).device
+        self.curvature = isinstance(optimizer, CurvatureOptimizer)
+        self.forward = torch.compile(model) if compile else model
+        self.compiled, self.compile_error = compile, None
+        self._compile_pending, self._steps_taken = compile, 0
         self.step = 0
         self.num_records = 0
-        self.wall_clock = 0.0
+        self.wall_clock = self.warmup_seconds = self.compile_seconds = 0.0
         self.counts = {"gradients": 0, "hvps": 0, "forward": 0, "skipped": 0}
         self.last_stats: dict = {}
 
@@ -187,16 +238,45 @@ class Trainer:
         """The work so far in gradient-equivalents (:class:`CostModel`)."""
         return self.cost(self.counts["gradients"], self.counts["hvps"], self.counts["forward"])
 
+    def _optimizer_step(self) -> float:
+        """Fetch the batch of ``self.step`` and take one optimiser step; the loss before it."""
+        inputs, targets = self.batches[self.step]
+        dtype, allow_tf32 = self.precision.step(self.curvature)
+        closure = make_closure(self.optimizer, self.model, self.loss_fn, inputs, targets,
+                               forward=self.forward, autocast_dtype=dtype)
+        with tf32(allow_tf32):
+            return float(self.optimizer.step(closure).detach())
+
+    def _first_compiled_step(self) -> float:
+        """The first step through ``torch.compile``; on failure restore, go eager, retry."""
+        before = copy.deepcopy(self.state_dict())
+        try:
+            return self._optimizer_step()
+        except Exception as error:  # any failure to trace, compile or differentiate
+            self.load_state_dict(before)
+            torch.compiler.reset()
+            lines = str(error).strip().splitlines()
+            self.compile_error = f"{type(error).__name__}: {lines[0] if lines else ''}"[:200]
+            self.forward, self.compiled = self.model, False
+            warnings.warn(f"torch.compile failed at the first step ({self.compile_error}); "
+                          "training continues with the eager model", RuntimeWarning,
+                          stacklevel=3)
+            return self._optimizer_step()
+
     def train_step(self) -> dict:
         """One optimiser step on the next batch; returns its statistics (at least the loss)."""
         self.model.train()
-        _synchronize(self.device)
-        start = time.perf_counter()
-        inputs, targets = self.batches[self.step]
-        closure = make_closure(self.optimizer, self.model, self.loss_fn, inputs, targets)
-        loss = float(self.optimizer.step(closure).detach())
-        _synchronize(self.device)
-        self.wall_clock += time.perf_counter() - start
+        if self._compile_pending:
+            loss, seconds = timed(self._first_compiled_step, self.device)
+            self._compile_pending = False
+            self.compile_seconds += seconds
+        else:
+            loss, seconds = timed(self._optimizer_step, self.device)
+            if self._steps_taken < self.warmup_steps:
+                self.warmup_seconds += seconds
+            else:
+                self.wall_clock += seconds
+            self._steps_taken += 1
         stats = dict(getattr(self.optimizer, "stats", None) or {"loss": loss})
         self.counts["gradients"] += stats.get("num_gradients", 1)
         self.counts["hvps"] += stats.get("num_hvps", 0)
@@ -209,17 +289,22 @@ class Trainer:
     def record(self) -> dict:
         """Evaluate on every split; the record of the current step (flat, JSON-ready).
 
-        Fields: ``step``, ``epoch``, ``wall_clock`` (s, training steps only),
-        ``grad_equivalents``, the counts ``gradients``, ``hvps``, ``forward``,
-        ``skipped_steps``; ``{train,val,test}_{loss,accuracy}``; and from the last step
-        ``batch_loss`` and ``scale`` V, ``damping`` λ, ``alpha`` α, ``mu`` μ, ``rho`` ρ
-        (``None`` where the optimiser has no such quantity, and at step 0). Each call counts
-        in ``num_records`` (saved in :meth:`state_dict`).
+        Fields: ``step``, ``epoch``; the times (s) ``wall_clock`` (training steps only, after
+        warm-up), ``warmup_seconds``, ``compile_seconds``; ``grad_equivalents`` and the
+        counts ``gradients``, ``hvps``, ``forward``, ``skipped_steps``;
+        ``{train,val,test}_{loss,accuracy}`` (:func:`evaluate`); ``compiled`` (whether the
+        training forward runs through ``torch.compile``) and ``compile_error`` (why it fell
+        back, else ``None``); and from the last step ``batch_loss`` and ``scale`` V,
+        ``damping`` λ, ``alpha`` α, ``mu`` μ, ``rho`` ρ (``None`` where the optimiser has no
+        such quantity, and at step 0). Each call counts in ``num_records`` (saved in
+        :meth:`state_dict`).
         """
         record = {
             "step": self.step,
             "epoch": self.epoch,
             "wall_clock": self.wall_clock,
+            "warmup_seconds": self.warmup_seconds,
+            "compile_seconds": self.compile_seconds,
             "grad_equivalents": self.grad_equivalents,
             "gradients": self.counts["gradients"],
             "hvps": self.counts["hvps"],
@@ -232,6 +317,7 @@ class Trainer:
             )
             record[f"{name}_loss"] = metrics["loss"]
             record[f"{name}_accuracy"] = metrics["accuracy"]
+        record["compiled"], record["compile_error"] = self.compiled, self.compile_error
         record["batch_loss"] = self.last_stats.get("loss")
         record.update({field: self.last_stats.get(field) for field in STAT_FIELDS})
         self.num_records += 1
@@ -276,6 +362,8 @@ class Trainer:
             "step": self.step,
             "num_records": self.num_records,
             "wall_clock": self.wall_clock,
+            "warmup_seconds": self.warmup_seconds,
+            "compile_seconds": self.compile_seconds,
             "counts": dict(self.counts),
             "last_stats": {k: v for k, v in self.last_stats.items() if k in ("loss", *STAT_FIELDS)},
             "data_seed": self.batches.seed,
@@ -293,4 +381,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step, self.num_records = state["step"], state["num_records"]
         self.wall_clock, self.counts = state["wall_clock"], dict(state["counts"])
+        # checkpoints written before warm-up accounting counted every step in wall_clock
+        self.warmup_seconds = state.get("warmup_seconds", 0.0)
+        self.compile_seconds = state.get("compile_seconds", 0.0)
         self.last_stats = dict(state["last_stats"])

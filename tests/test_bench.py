@@ -21,6 +21,7 @@ from sfn_teach.bench import (
 )
 from sfn_teach.bench.__main__ import main
 from sfn_teach.checkpoint import CheckpointError, load_checkpoint
+from sfn_teach.train import TIMING_FIELDS
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ TINY = {
 
 
 def without_wall_clock(records):
-    return [{k: v for k, v in r.items() if k != "wall_clock"} for r in records]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 
 def changed(path, value):

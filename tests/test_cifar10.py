@@ -1,4 +1,4 @@
-"""CIFAR-10: download, verification and parsing through a real HTTP server; the device loader.
+"""CIFAR-10: download, verification and parsing through a real HTTP server; batches on the device.
 
 No copy of CIFAR-10 exists here, so the archive is generated in exactly the binary format
 (:func:`write_cifar10_archive`) and served by ``http.server`` on 127.0.0.1, with a handler that
@@ -29,10 +29,9 @@ from sfn_teach.cifar10 import (
     ArchiveSpec,
     CIFAR10Arrays,
     CIFAR10Error,
-    DeviceLoader,
-    cifar10_loaders,
     download_cifar10,
     load_cifar10,
+    load_generated_cifar10,
     normalize,
     random_crop_flip,
     read_cifar10_archive,
@@ -42,6 +41,7 @@ from sfn_teach.cifar10 import (
     validation_split,
     write_cifar10_archive,
 )
+from sfn_teach.data import Batches, cifar10_dataset
 
 NUM_TRAIN, NUM_TEST, SEED = 1000, 100, 3  # 200 records per training file
 
@@ -444,40 +444,52 @@ def _identified(n):
     return images, torch.arange(n)
 
 
-def test_loader_shuffles_deterministically_per_seed_and_epoch():
-    images, labels = _identified(200)
-    loader = DeviceLoader(images, labels, 64, shuffle=True, seed=1)
-    assert len(loader) == 4
-    epoch0 = torch.cat([y for _, y in loader.batches(0)])
-    assert sorted(epoch0.tolist()) == list(range(200))
-    assert torch.equal(epoch0, torch.cat([y for _, y in loader.batches(0)]))
-    assert not torch.equal(epoch0, torch.cat([y for _, y in loader.batches(1)]))
-    other = DeviceLoader(images, labels, 64, shuffle=True, seed=2)
-    assert not torch.equal(epoch0, torch.cat([y for _, y in other.batches(0)]))
-    # iter() walks through the epochs; the images follow their labels, normalised
-    assert torch.equal(torch.cat([y for _, y in loader]), epoch0) and loader.epoch == 1
-    x, y = next(iter(loader))
-    torch.testing.assert_close(x, normalize(images[y]))
-    assert loader.epoch == 2
+def _arrays(num_train=1000, num_test=30):
+    return CIFAR10Arrays(*_identified(num_train), *_identified(num_test))
 
 
-def test_loader_order_drop_last_and_channels_last():
-    images, labels = _identified(10)
-    loader = DeviceLoader(images, labels, 4, channels_last=True)
-    batches = list(loader)
-    assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
-    assert len(DeviceLoader(images, labels, 4, drop_last=True)) == 2
+def test_batches_shuffle_deterministically_per_seed_and_epoch():
+    dataset = cifar10_dataset(_arrays(), validation_fraction=0.2)
+    batches = Batches(dataset.train, 64, seed=1, augment=dataset.augment)
+    assert batches.steps_per_epoch == 12 and dataset.augment is None  # 800 // 64
+    epoch0 = torch.cat([batches[step][1] for step in range(12)])
+    assert len(set(epoch0.tolist())) == 768  # distinct images; the last 32 are dropped
+    again = Batches(dataset.train, 64, seed=1)
+    assert all(torch.equal(again[step][1], batches[step][1]) for step in (3, 0, 11))
+    epoch1 = torch.cat([batches[step][1] for step in range(12, 24)])
+    other_seed = torch.cat([Batches(dataset.train, 64, seed=2)[step][1] for step in range(12)])
+    assert not torch.equal(epoch0, epoch1) and not torch.equal(epoch0, other_seed)
+    x, y = batches[5]  # the images follow their labels, normalised (float32, on the device)
+    assert x.dtype == torch.float32 and dataset.train.inputs.dtype == torch.uint8
+    torch.testing.assert_close(x, normalize(_identified(1000)[0][y]))
 
 
-def test_augmented_loader_is_deterministic_and_keeps_shapes():
-    images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
-    loader = DeviceLoader(images, torch.arange(50), 16, shuffle=True, augment=True, seed=4)
-    first, again = list(loader.batches(0)), list(loader.batches(0))
-    assert [x.shape for x, _ in first] == [(16, 3, 32, 32)] * 3 + [(2, 3, 32, 32)]
-    assert all(x.dtype == torch.float32 for x, _ in first)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
-    assert not all(torch.equal(x, normalize(images[y])) for x, y in first)
+def test_augmentation_on_and_off_is_a_function_of_seed_and_step():
+    arrays = CIFAR10Arrays(torch.randint(1, 256, (100, 3, 32, 32), dtype=torch.uint8),
+                           torch.arange(100) % 10, *_identified(10))
+    plain = cifar10_dataset(arrays)
+    augmented = cifar10_dataset(arrays, augment=True)
+    assert augmented.augment is random_crop_flip
+    first = Batches(augmented.train, 16, seed=4, augment=augmented.augment)
+    again = Batches(augmented.train, 16, seed=4, augment=augmented.augment)
+    unaugmented = Batches(plain.train, 16, seed=4, augment=plain.augment)
+    for step in (0, 3, 7):  # same labels as without augmentation, other pixels, reproducible
+        (x, y), (x_again, y_again), (x_plain, y_plain) = first[step], again[step], unaugmented[step]
+        assert torch.equal(y, y_plain) and torch.equal(y, y_again)
+        assert torch.equal(x, x_again) and x.shape == x_plain.shape == (16, 3, 32, 32)
+        assert not torch.equal(x, x_plain)
+    assert not torch.equal(first[0][0], first[first.steps_per_epoch][0])  # fresh draws per step
+    # evaluation chunks are never augmented
+    (x, _), = augmented.val.chunks()
+    torch.testing.assert_close(x, normalize(augmented.val.inputs))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_augmentation_from_a_cpu_generator_is_the_same_on_the_gpu():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    reference = random_crop_flip(images, torch.Generator().manual_seed(3), padding=2)
+    out = random_crop_flip(images.cuda(), torch.Generator().manual_seed(3), padding=2)
+    assert out.is_cuda and torch.equal(out.cpu(), reference)
 
 
 def test_validation_split_is_disjoint_ten_percent_and_deterministic():
@@ -489,22 +501,37 @@ def test_validation_split_is_disjoint_ten_percent_and_deterministic():
     assert not torch.equal(validation, validation_split(1000, 0.1, seed=1)[1])
 
 
-def test_paper_setting_loaders_hold_out_validation_without_augmentation():
-    images, labels = _identified(1000)
-    test_images, test_labels = _identified(30)
-    arrays = CIFAR10Arrays(images, labels, test_images, test_labels)
-    train, validation, test = cifar10_loaders(arrays, 128, eval_batch_size=50)
-    train_ids = torch.cat([y for _, y in train])
-    validation_ids = torch.cat([y for _, y in validation])
-    assert len(train_ids) == 900 and len(validation_ids) == 100
+def test_paper_setting_dataset_holds_out_validation_without_augmentation():
+    arrays = _arrays()
+    dataset = cifar10_dataset(arrays, split_seed=0, dtype=torch.float64)
+    train_ids, validation_ids = dataset.train.targets, dataset.val.targets
+    assert len(train_ids) == 900 and len(validation_ids) == 100 and len(dataset.test) == 30
     assert not set(train_ids.tolist()) & set(validation_ids.tolist())
-    assert not train.augment and train.shuffle and not validation.shuffle
-    assert [len(y) for _, y in test] == [30]
-    for x, y in validation:  # in order, exactly the normalised images
-        torch.testing.assert_close(x, normalize(images[y]))
-    other_seed = cifar10_loaders(arrays, 128, eval_batch_size=50, seed=7)[1]
-    assert torch.equal(torch.cat([y for _, y in other_seed]), validation_ids)  # fixed hold-out
-    assert cifar10_loaders(arrays, 128, validation_fraction=0)[1] is None
+    assert torch.equal(validation_ids, validation_split(1000, 0.1, seed=0)[1])
+    assert dataset.augment is None and dataset.num_classes == 10
+    chunks = list(dataset.val.chunks(40))
+    assert [len(y) for _, y in chunks] == [40, 40, 20]
+    for x, y in chunks:  # in order, exactly the normalised images, in the requested dtype
+        torch.testing.assert_close(x, normalize(arrays.train_images[y], dtype=torch.float64))
+    other = cifar10_dataset(arrays, split_seed=1)
+    assert not torch.equal(other.val.targets, validation_ids)
+
+
+def test_generated_archive_in_the_data_directory_goes_through_the_parser(tmp_path, monkeypatch):
+    calls = []
+    real = read_cifar10_archive
+
+    def spy(path, *args):
+        calls.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr("sfn_teach.cifar10.read_cifar10_archive", spy)
+    arrays = load_generated_cifar10(tmp_path, 50, 20, progress=False)
+    folder = tmp_path / "generated-50-20"
+    assert calls == [folder / ARCHIVE_NAME] and (folder / CACHE_NAME).exists()
+    assert_equal_arrays(arrays, synthetic_cifar10(50, 20, seed=0))
+    assert_equal_arrays(load_generated_cifar10(tmp_path, 50, 20, progress=False), arrays)
+    assert len(calls) == 1  # the second time from the cache
 
 
 def test_synthetic_batch_has_cifar_shapes():

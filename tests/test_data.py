@@ -45,10 +45,11 @@ def test_file_is_the_documented_one():
 
 def test_splits_shapes_dtypes_and_registry(digits):
     info = DATASETS["digits"]
+    sizes = info.sizes(**info.options)
     for name in ("train", "val", "test"):
         part = digits.split(name)
-        assert len(part) == info.sizes[name]
-        assert part.inputs.shape == (info.sizes[name], *info.input_shape)
+        assert len(part) == sizes[name]
+        assert part.inputs.shape == (sizes[name], *info.input_shape)
         assert part.inputs.dtype == torch.float64 and part.targets.dtype == torch.int64
     assert digits.num_classes == info.num_classes == 10
     assert load_digits().train.inputs.dtype == torch.float32

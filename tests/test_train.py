@@ -13,6 +13,7 @@ from sfn_teach.data import load_digits
 from sfn_teach.models import MLP
 from sfn_teach.train import (
     OPTIMIZERS,
+    TIMING_FIELDS,
     CostModel,
     Trainer,
     evaluate,
@@ -45,7 +46,7 @@ def make_trainer(digits, kind, seed=0, batch_size=200, hidden=6):
 
 
 def without_wall_clock(records):
-    return [{k: v for k, v in r.items() if k != "wall_clock"} for r in records]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 
 def test_closures_hide_the_backward_difference(digits):

@@ -1,6 +1,8 @@
 """Command line of the benchmark runner.
 
     python -m sfn_teach.bench run CONFIG [--out DIR] [--resume] [--fast] [--quiet] [--threads N]
+                                         [--device D] [--data-dir DIR] [--cifar10-url URL]
+                                         [--set FIELD=VALUE ...]
     python -m sfn_teach.bench CONFIG [...]            (the same as ``run``)
     python -m sfn_teach.bench report DIR
 
@@ -8,7 +10,11 @@
 × seed into ``DIR`` (default ``runs/<config name>``, ``runs/<config name>-fast`` in fast mode)
 with progress bars, and writes the summary table and figures. ``--resume`` continues an
 interrupted run directory. ``--fast`` (or ``SFN_TEACH_FAST=1``) uses the config's tiny
-``[fast]`` budget. ``report`` rewrites the table and figures of a run directory.
+``[fast]`` budget. ``--set FIELD=VALUE`` overrides a config field before validation
+(``--set data.generated=true``, ``--set optimizers[1].lr=0.01``; the value is read as a TOML
+value, else taken as a string); ``--device``, ``--data-dir`` and ``--cifar10-url`` are short for
+``--set device=…``, ``--set data.dir=…`` and ``--set data.url=…``. ``report`` rewrites the
+table and figures of a run directory.
 Exit status: 0 done, 2 bad config, 1 another error, 130 interrupted.
 """
 
@@ -19,9 +25,10 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError
+from ..cifar10 import CIFAR10Error
 from ..data import DataError
 from ..optim import NonFiniteStepError
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, tomllib
 from .runner import fast_from_environment, report_benchmark, run_benchmark
 
 COMMANDS = ("run", "report")
@@ -46,11 +53,41 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--threads", type=int, metavar="N",
                      help="torch CPU threads (torch.set_num_threads; default: torch's choice)")
+    run.add_argument("--device", metavar="D",
+                     help="'cpu', 'cuda', 'cuda:N' or 'auto' (overrides the config's device)")
+    run.add_argument("--data-dir", metavar="DIR",
+                     help="the folder of the task's files (CIFAR-10: archive and cache; "
+                     "default $SFN_TEACH_DATA_DIR/cifar10 or data/cifar10); sets data.dir")
+    run.add_argument("--cifar10-url", metavar="URL",
+                     help="where to download the CIFAR-10 binary archive from (http(s)://, "
+                     "file:// or a path; default $SFN_TEACH_CIFAR10_URL or the authors' site); "
+                     "sets data.url")
+    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="override a config field, e.g. data.generated=true or "
+                     "optimizers[1].lr=0.01 (repeatable)")
     report = commands.add_parser("report", help="table and figures of a run directory",
                                  description="Write summary.md, summary.json and the figures "
                                  "of a run directory, and print the table.")
     report.add_argument("dir", type=Path, help="run directory made by 'run'")
     return parser
+
+
+def overrides(args) -> dict:
+    """The config fields that the command line sets: ``{"data.dir": "/x", …}``."""
+    fields = {}
+    for assignment in args.set:
+        field, equals, text = assignment.partition("=")
+        if not equals or not field:
+            raise ConfigError("--set", f"must be FIELD=VALUE, got {assignment!r}")
+        try:
+            fields[field.strip()] = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            fields[field.strip()] = text  # a bare word: a string
+    for option, field in (("device", "device"), ("data_dir", "data.dir"),
+                          ("cifar10_url", "data.url")):
+        if getattr(args, option) is not None:
+            fields[field] = getattr(args, option)
+    return fields
 
 
 def main(argv=None) -> int:
@@ -62,7 +99,7 @@ def main(argv=None) -> int:
         if args.command == "report":
             report_benchmark(args.dir)
             return 0
-        config = load_config(args.config)
+        config = load_config(args.config, overrides(args))
         if args.threads is not None:
             if args.threads < 1:
                 raise ConfigError("--threads", f"must be >= 1, got {args.threads}")
@@ -75,7 +112,7 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, NonFiniteStepError, FileExistsError,
+    except (DataError, CIFAR10Error, CheckpointError, NonFiniteStepError, FileExistsError,
             FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -7,15 +7,29 @@ its value and what is allowed; optimiser hyperparameters are checked by construc
 optimiser once on a dummy parameter, so the rules are the optimiser's own. Schema::
 
     name = "digits_mlp"          # optional; default: the file name without suffix
-    task = "digits"              # a key of sfn_teach.data.DATASETS
+    task = "digits"              # a key of sfn_teach.data.DATASETS: "digits", "cifar10",
+                                 # "cifar10_synthetic"
     dtype = "float64"            # "float32" (default) or "float64"
-    device = "cpu"               # "cpu" (default), "cuda", "cuda:1", ...
+    device = "cpu"               # "cpu" (default), "cuda", "cuda:1", "auto" (CUDA if present)
+    compile = false              # torch.compile the training forward (falls back to eager)
 
-    [model]                      # type "mlp": hidden = [24], activation = "tanh" (defaults)
+    [data]                       # the task's options (sfn_teach.data.DATASETS[task].options):
+                                 # digits: dir; cifar10: augment = false,
+                                 # validation_fraction = 0.1, split_seed = 0, dir, url,
+                                 # download = true, generated = false, num_train, num_test;
+                                 # cifar10_synthetic: the same but the file options
+    [model]                      # type "mlp": hidden = [24], activation = "tanh" (defaults);
+                                 # type "resnet18": width = 64, channels_last = false
+    [precision]                  # autocast = "none" | "bf16" (first-order forward passes);
+                                 # hvp = "fp32" | "bf16" (curvature steps; bf16 needs
+                                 # autocast = "bf16"); tf32 = false; hvp_tf32 = false
+                                 # (sfn_teach.device.Precision)
     [train]                      # epochs = E or steps = N (one of them); batch_size (default
                                  # for every optimiser); evals = 20 (evaluations after step 0,
                                  # evenly spaced); checkpoint_every = 1 (in evaluations);
-                                 # seeds = [0, 1, 2]; eval_batch_size (default: whole splits)
+                                 # seeds = [0, 1, 2]; eval_batch_size (default: the task's,
+                                 # whole splits for digits); warmup_steps (steps whose time is
+                                 # not in wall_clock; default 2 on CUDA, 0 on a CPU)
     [cost]                       # hvp = 2.0, forward = 0.5 (gradient-equivalents)
     [report]                     # target_loss (default 0.1), target_split = "val"
     [fast]                       # steps = 4, evals = 2, seeds = the first two (fast mode)
@@ -25,10 +39,15 @@ optimiser once on a dummy parameter, so the rules are the optimiser's own. Schem
     type = "adam"                # a key of sfn_teach.train.OPTIMIZERS
     batch_size = 400             # optional override of train.batch_size
     lr = 1e-3                    # every other key is a hyperparameter of the optimiser
+
+Fields can be overridden before validation by dotted paths (:func:`apply_overrides`, the
+CLI's ``--set``). The fields of :data:`LOCATION_FIELDS` say where verified data is found, not
+what is computed: a run directory may be resumed with other values for them.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -39,16 +58,26 @@ from pathlib import Path
 import torch
 
 from ..data import DATASETS
-from ..models import MLP, count_parameters
+from ..device import Precision, resolve_device
+from ..models import MLP, count_parameters, resnet18_cifar
 from ..train import OPTIMIZERS, CostModel
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the backport, a dependency there
+    import tomli as tomllib
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DENSE_OPTIMIZERS = ("exact_sfn", "newton")
 MAX_DENSE_PARAMETERS = 5000  # the dense Hessian costs one HVP per parameter, every step
 SPLIT_NAMES = ("train", "val", "test")
-TOP_LEVEL = ("name", "task", "dtype", "device", "model", "train", "cost", "report", "fast",
-             "optimizers")
+TOP_LEVEL = ("name", "task", "dtype", "device", "compile", "data", "model", "precision",
+             "train", "cost", "report", "fast", "optimizers")
 FAST_DEFAULTS = {"steps": 4, "evals": 2}
+PRECISION_DEFAULTS = {"autocast": "none", "hvp": "fp32", "tf32": False, "hvp_tf32": False}
+WARMUP_STEPS = {"cuda": 2, "cpu": 0}  # default train.warmup_steps per device type
+LOCATION_FIELDS = ("data.dir", "data.url", "data.download")
+"""Where the data is found and fetched from; the data itself is verified (SHA-256)."""
 
 
 class ConfigError(ValueError):
@@ -113,6 +142,30 @@ def _seeds(value, path):
     return tuple(seeds)
 
 
+def _options(value, path, defaults, extra=()):
+    """The table ``value`` with ``defaults`` filled in; each field of its default's type.
+
+    An integer is accepted where the default is a float; a list default is a list of positive
+    integers. ``extra`` names further allowed fields that the caller checks itself.
+    """
+    table = _table(value, path, (*extra, *defaults))
+    options = dict(defaults)
+    for key, default in defaults.items():
+        if key not in table:
+            continue
+        item = table[key]
+        if type(default) is float and type(item) is int:
+            item = float(item)
+        if type(item) is not type(default):
+            raise ConfigError(f"{path}.{key}", f"must be a {type(default).__name__} "
+                                               f"(like the default {default!r}), got {item!r}")
+        if isinstance(default, list):
+            for i, entry in enumerate(item):
+                _int(entry, f"{path}.{key}[{i}]", 1)
+        options[key] = item
+    return options
+
+
 # --------------------------------------------------------------------------------------------
 # The validated config
 # --------------------------------------------------------------------------------------------
@@ -139,8 +192,12 @@ class BenchmarkConfig:
 
     name: str
     task: str
+    data: dict  # the task's options, defaults filled in
+    sizes: dict  # examples per part, {"train": …, "val": …, "test": …}
     dtype: torch.dtype
     device: torch.device
+    compile: bool
+    precision: Precision
     model: dict
     epochs: int | None
     steps: int | None
@@ -148,6 +205,7 @@ class BenchmarkConfig:
     checkpoint_every: int
     seeds: tuple
     eval_batch_size: int | None
+    warmup_steps: int
     cost: CostModel
     target_loss: float
     target_split: str
@@ -159,7 +217,7 @@ class BenchmarkConfig:
         """The step budget of ``spec``: ``steps``, or ``epochs × ⌊N_train / batch_size⌋``."""
         if self.steps is not None:
             return self.steps
-        return self.epochs * (DATASETS[self.task].sizes["train"] // spec.batch_size)
+        return self.epochs * (self.sizes["train"] // spec.batch_size)
 
     def eval_every(self, spec: OptimizerSpec) -> int:
         """Steps between evaluations: ``⌈num_steps / evals⌉``."""
@@ -181,15 +239,32 @@ def _mlp(spec, info):
     return MLP(sizes, activation=spec["activation"])
 
 
-MODELS = {"mlp": ({"hidden": [24], "activation": "tanh"}, _mlp)}
+def _resnet18(spec, info):
+    """The CIFAR ResNet-18 of a ``[model]`` table with type "resnet18" (image tasks only)."""
+    if len(info.input_shape) != 3:
+        raise ValueError(f"type resnet18 needs image inputs (channels, height, width), but task "
+                         f"{info.name!r} has inputs of shape {info.input_shape}")
+    return resnet18_cifar(info.num_classes, spec["width"], in_channels=info.input_shape[0])
+
+
+MODELS = {
+    "mlp": ({"hidden": [24], "activation": "tanh"}, _mlp),
+    "resnet18": ({"width": 64, "channels_last": False}, _resnet18),
+}
 """Model types a config can name: ``type -> (defaults, build(spec, dataset_info))``."""
 
 
 def build_model(config: BenchmarkConfig) -> torch.nn.Module:
-    """The config's model, in its dtype on its device (parameters from the current RNG)."""
+    """The config's model, in its dtype on its device (parameters from the current RNG).
+
+    With ``channels_last`` the convolution weights are stored channels-last; convolutions then
+    produce channels-last outputs from ordinary (contiguous) input batches, so the data needs
+    no conversion.
+    """
     build = MODELS[config.model["type"]][1]
     model = build(config.model, DATASETS[config.task])
-    return model.to(device=config.device, dtype=config.dtype)
+    memory_format = torch.channels_last if config.model.get("channels_last") else None
+    return model.to(device=config.device, dtype=config.dtype, memory_format=memory_format)
 
 
 def _field_in_message(error, keys, path):
@@ -228,19 +303,36 @@ def _model(raw, info):
     kind = _choice(raw.get("type", "mlp") if isinstance(raw, dict) else None, "model.type",
                    tuple(MODELS))
     defaults, build = MODELS[kind]
-    spec = {"type": kind, **defaults, **_table(raw, "model", ("type", *defaults))}
-    for key, default in defaults.items():
-        if type(spec[key]) is not type(default):
-            raise ConfigError(f"model.{key}", f"must be a {type(default).__name__}, "
-                                              f"got {spec[key]!r}")
-        if isinstance(default, list):
-            for i, item in enumerate(spec[key]):
-                _int(item, f"model.{key}[{i}]", 1)
+    spec = {"type": kind, **_options(raw, "model", defaults, extra=("type",))}
     try:
-        model = build(spec, info)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = build(spec, info)
     except (TypeError, ValueError) as error:
-        raise ConfigError(_field_in_message(error, defaults, "model"), str(error)) from None
+        raise ConfigError(_field_in_message(error, ("type", *defaults), "model"),
+                          str(error)) from None
     return spec, count_parameters(model)
+
+
+def _data(raw, info):
+    """The validated ``[data]`` table of the task (defaults filled in) and its part sizes."""
+    options = _options(raw, "data", info.options)
+    try:
+        sizes = info.sizes(**options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(_field_in_message(error, options, "data"), str(error)) from None
+    return options, sizes
+
+
+def _precision(raw):
+    """The ``[precision]`` table as a :class:`sfn_teach.device.Precision`."""
+    table = _options(raw, "precision", PRECISION_DEFAULTS)
+    _choice(table["autocast"], "precision.autocast", ("none", "bf16"))
+    _choice(table["hvp"], "precision.hvp", ("fp32", "bf16"))
+    try:
+        return Precision(**table)
+    except ValueError as error:
+        raise ConfigError(_field_in_message(error, ("hvp", "autocast"), "precision"),
+                          str(error)) from None
 
 
 def _optimizer(raw, i, default_batch_size, num_train):
@@ -283,19 +375,21 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
         raise ConfigError("name", f"must be letters, digits, '_', '.' or '-', got {name!r}")
     task = _choice(raw["task"], "task", tuple(DATASETS))
     info = DATASETS[task]
+    data, sizes = _data(raw.get("data", {}), info)
     dtype = DTYPES[_choice(raw.get("dtype", "float32"), "dtype", tuple(DTYPES))]
-    device_name = raw.get("device", "cpu")
     try:
-        device = torch.device(device_name)
-    except (RuntimeError, TypeError):
-        raise ConfigError("device", f"must be a torch device such as 'cpu' or 'cuda', "
-                                    f"got {device_name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", f"is {device_name!r}, but no CUDA device is available")
+        device = resolve_device(raw.get("device", "cpu"))
+    except ValueError as error:
+        raise ConfigError("device", str(error)) from None
+    compile_model = raw.get("compile", False)
+    if not isinstance(compile_model, bool):
+        raise ConfigError("compile", f"must be true or false, got {compile_model!r}")
+    precision = _precision(raw.get("precision", {}))
     model, num_parameters = _model(raw.get("model", {}), info)
 
     train = _table(raw["train"], "train", ("epochs", "steps", "batch_size", "evals",
-                                           "checkpoint_every", "seeds", "eval_batch_size"),
+                                           "checkpoint_every", "seeds", "eval_batch_size",
+                                           "warmup_steps"),
                    required=("seeds",))
     if ("epochs" in train) == ("steps" in train):
         raise ConfigError("train.epochs", "give exactly one of train.epochs and train.steps")
@@ -303,13 +397,15 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
     steps = _int(train["steps"], "train.steps", 1) if "steps" in train else None
     default_batch_size = train.get("batch_size")
     if default_batch_size is not None:
-        _int(default_batch_size, "train.batch_size", 1, info.sizes["train"])
+        _int(default_batch_size, "train.batch_size", 1, sizes["train"])
     evals = _int(train.get("evals", 20), "train.evals", 1)
     checkpoint_every = _int(train.get("checkpoint_every", 1), "train.checkpoint_every", 1)
     seeds = _seeds(train["seeds"], "train.seeds")
-    eval_batch_size = train.get("eval_batch_size")
+    eval_batch_size = train.get("eval_batch_size", info.eval_batch_size)
     if eval_batch_size is not None:
         _int(eval_batch_size, "train.eval_batch_size", 1)
+    warmup_steps = _int(train.get("warmup_steps", WARMUP_STEPS[device.type]),
+                        "train.warmup_steps", 0)
 
     cost = _table(raw.get("cost", {}), "cost", ("hvp", "forward"))
     cost = CostModel(
@@ -328,7 +424,7 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
 
     if not isinstance(raw["optimizers"], list) or not raw["optimizers"]:
         raise ConfigError("optimizers", "must be a non-empty list of tables ([[optimizers]])")
-    optimizers = tuple(_optimizer(entry, i, default_batch_size, info.sizes["train"])
+    optimizers = tuple(_optimizer(entry, i, default_batch_size, sizes["train"])
                        for i, entry in enumerate(raw["optimizers"]))
     for i, spec in enumerate(optimizers):
         if any(spec.slug == other.slug for other in optimizers[:i]):
@@ -341,32 +437,76 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
                               f"{MAX_DENSE_PARAMETERS})")
 
     return BenchmarkConfig(
-        name=name, task=task, dtype=dtype, device=device, model=model, epochs=epochs,
+        name=name, task=task, data=data, sizes=sizes, dtype=dtype, device=device,
+        compile=compile_model, precision=precision, model=model, epochs=epochs,
         steps=steps, evals=evals, checkpoint_every=checkpoint_every, seeds=seeds,
-        eval_batch_size=eval_batch_size, cost=cost, target_loss=target_loss,
+        eval_batch_size=eval_batch_size, warmup_steps=warmup_steps, cost=cost,
+        target_loss=target_loss,
         target_split=target_split, optimizers=optimizers, fast=fast, raw=raw,
     )
 
 
-def load_config(path) -> BenchmarkConfig:
-    """Read and validate a ``.toml`` or ``.json`` config file (name: the file's stem)."""
+def read_config(path) -> dict:
+    """The raw contents of a ``.toml`` or ``.json`` config file (not validated yet)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("file", f"{path} does not exist")
     if path.suffix == ".json":
         try:
-            raw = json.loads(path.read_text())
+            return json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ConfigError("file", f"{path} is not valid JSON: {error}") from None
-    elif path.suffix == ".toml":
+    if path.suffix == ".toml":
         try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            raise ConfigError("file", f"{path}: TOML needs Python >= 3.11; use JSON") from None
-        try:
-            raw = tomllib.loads(path.read_text())
+            return tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise ConfigError("file", f"{path} is not valid TOML: {error}") from None
-    else:
-        raise ConfigError("file", f"{path} must end in .toml or .json")
-    return validate_config(raw, name=path.stem)
+    raise ConfigError("file", f"{path} must end in .toml or .json")
+
+
+def _field_keys(path: str) -> list:
+    """``"optimizers[1].lr"`` as ``["optimizers", 1, "lr"]``."""
+    name = r"[A-Za-z_]\w*(\[\d+\])*"
+    if not isinstance(path, str) or not re.fullmatch(rf"{name}(\.{name})*", path):
+        raise ConfigError(str(path), "is not a field path like data.dir or optimizers[1].lr")
+    return [int(index) if index else key
+            for key, index in re.findall(r"([A-Za-z_]\w*)|\[(\d+)\]", path)]
+
+
+def _step_into(node, key, path):
+    """Check that ``node[key]`` can be read or set: a table for a name, a list entry for an int."""
+    if isinstance(key, int):
+        if not isinstance(node, list) or key >= len(node):
+            raise ConfigError(path, f"has no list entry [{key}]")
+    elif not isinstance(node, dict):
+        raise ConfigError(path, f"{key!r} is inside a value that is not a table")
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """A copy of ``raw`` with ``{"data.dir": "/x", "optimizers[1].lr": 0.1, …}`` set.
+
+    A path is dot-separated field names, each optionally followed by list indices
+    (``optimizers[1]``); missing tables are created, list entries must exist. The values are
+    validated later, with the rest of the config.
+    """
+    raw = copy.deepcopy(raw)
+    for path, value in overrides.items():
+        *parents, last = _field_keys(path)
+        node = raw
+        for key in parents:
+            _step_into(node, key, path)
+            node = node[key] if isinstance(key, int) else node.setdefault(key, {})
+        _step_into(node, last, path)
+        node[last] = value
+    return raw
+
+
+def load_config(path, overrides=None) -> BenchmarkConfig:
+    """Read and validate a ``.toml`` or ``.json`` config file (name: the file's stem).
+
+    ``overrides`` (``{"field.path": value}``) are applied first (:func:`apply_overrides`).
+    """
+    raw = read_config(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate_config(raw, name=Path(path).stem)

@@ -8,19 +8,41 @@
         checkpoint.pt[.prev]         the newest (and the previous) checkpoint
     out_dir/summary.md, summary.json, *.png    the report (:func:`report_benchmark`)
 
-A record is :meth:`sfn_teach.train.Trainer.record` plus ``run_id``, ``optimizer`` (its name)
-and ``seed``.
+**Records.** One flat JSON object per evaluation (at step 0, every ``eval_every`` steps and at
+the last step); :meth:`sfn_teach.train.Trainer.record` plus the run's identity:
+
+==========================================  ==================================================
+``run_id``, ``optimizer``, ``seed``          the run's folder name, optimiser name, seed
+``step``, ``epoch``                          optimiser steps taken; ``step / steps_per_epoch``
+``wall_clock``                               s of training steps (batch + ``optimizer.step``),
+                                             CUDA events on a GPU; after warm-up, without
+                                             evaluation, checkpoints, compilation
+``warmup_seconds``, ``compile_seconds``      s of the excluded first steps of each (re)start
+``grad_equivalents``                         work: gradients + c_HVP·HVPs + c_fwd·forwards
+``gradients``, ``hvps``, ``forward``          the counts behind it
+``skipped_steps``                            steps the optimiser refused (non-finite values)
+``{train,val,test}_{loss,accuracy}``         mean cross-entropy and accuracy on each part,
+                                             fp32, BatchNorm in eval mode
+``batch_loss``                               the loss of the last step's batch (before it)
+``scale``, ``damping``, ``alpha``, ``mu``,    V, λ, α, μ, ρ of the last step (``None`` where
+``rho``                                      the optimiser has no such quantity, at step 0)
+``compiled``, ``compile_error``              whether steps run through ``torch.compile``;
+                                             why it fell back to eager (else ``None``)
+==========================================  ==================================================
+
+``on_record`` (of :func:`run_benchmark` and :func:`run_one`) receives each record once it is
+durable and checkpointed.
 
 **Consistency under SIGKILL.** Each record is written, flushed and ``fsync``\\ ed before the
 checkpoint that covers it, and every checkpoint stores ``num_records``, how many records its run
 had written. On resume the run's ``records.jsonl`` is cut back to that many lines, and training
 continues from the checkpoint; since a run is deterministic, the records after it are made
-again, identical but for ``wall_clock``. So a kill at any moment (mid-step, between a record
-and its checkpoint, or mid-way through writing a checkpoint, see
-:mod:`sfn_teach.checkpoint`) loses no record and duplicates none. A run is finished when its
-checkpoint is at the last step; finished runs are skipped on resume. (For the tests, the fault
-point ``"record"`` of :func:`sfn_teach.checkpoint.fault_point` lies between a durable record
-and its checkpoint.)
+again, identical but for the times (:data:`sfn_teach.train.TIMING_FIELDS`). So a kill at any
+moment (mid-step, between a record and its checkpoint, or mid-way through writing a
+checkpoint, see :mod:`sfn_teach.checkpoint`) loses no record and duplicates none. A run is
+finished when its checkpoint is at the last step; finished runs are skipped on resume. (For
+the tests, the fault point ``"record"`` of :func:`sfn_teach.checkpoint.fault_point` lies
+between a durable record and its checkpoint.)
 """
 
 from __future__ import annotations
@@ -35,8 +57,16 @@ import torch
 
 from ..checkpoint import CheckpointError, fault_point, load_latest_checkpoint, save_checkpoint
 from ..data import DATASETS
+from ..device import configure_backends
 from ..train import Trainer, seed_everything
-from .config import BenchmarkConfig, ConfigError, build_model, load_config, validate_config
+from .config import (
+    LOCATION_FIELDS,
+    BenchmarkConfig,
+    ConfigError,
+    build_model,
+    load_config,
+    validate_config,
+)
 from .report import format_table, write_report
 
 CONFIG_FILE = "config.json"
@@ -85,12 +115,39 @@ def truncate_records(path: Path, count: int) -> None:
 
 def machine_description(device) -> str:
     """Where times are measured: the platform, torch version, CPU threads and device."""
+    where = f"device {device}"
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
     return (f"{platform.platform()}, {platform.machine()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} CPU threads, device {device}")
+            f"{torch.get_num_threads()} CPU threads, {where}")
+
+
+def _fields(value, path=""):
+    """``{"train.seeds": [0, 1], "optimizers[0].lr": 0.1, …}``: the leaves of a config."""
+    if isinstance(value, dict):
+        items = [(f"{path}.{key}" if path else key, item) for key, item in value.items()]
+    elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        return {path: value}
+    return {field: leaf for key, item in items for field, leaf in _fields(item, key).items()}
+
+
+def _differences(stored: dict, current: dict) -> list[str]:
+    """The fields in which two configs (plus the fast flag) differ, location fields aside."""
+    old, new = _fields(json.loads(json.dumps(stored))), _fields(json.loads(json.dumps(current)))
+    return [f"{field} ({old.get(field, 'unset')!r} there, {new.get(field, 'unset')!r} now)"
+            for field in sorted(old.keys() | new.keys())
+            if field.removeprefix("config.") not in LOCATION_FIELDS
+            and old.get(field) != new.get(field)]
 
 
 def _prepare(out_dir: Path, config: BenchmarkConfig, fast: bool, resume: bool) -> None:
-    """Create ``out_dir`` with its ``config.json``, or check it matches when resuming."""
+    """Create ``out_dir`` with its ``config.json``, or check it matches when resuming.
+
+    The fields of :data:`~sfn_teach.bench.config.LOCATION_FIELDS` may differ (where the
+    verified data is found); the ``config.json`` of the first run is kept.
+    """
     stored = {"config": config.raw, "name": config.name, "fast": fast}
     path = out_dir / CONFIG_FILE
     if path.exists():
@@ -100,10 +157,12 @@ def _prepare(out_dir: Path, config: BenchmarkConfig, fast: bool, resume: bool) -
                 "it, or choose another output folder"
             )
         found = json.loads(path.read_text())
-        if {key: found.get(key) for key in stored} != json.loads(json.dumps(stored)):
+        differences = _differences({key: found.get(key) for key in stored}, stored)
+        if differences:
             raise ConfigError(
                 "file", f"{out_dir} was made with a different config or fast setting; resume "
-                "with the same one, or choose another output folder"
+                f"with the same one, or choose another output folder. Differences: "
+                f"{'; '.join(differences)}"
             )
         return
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +174,8 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
             progress=True, log=print, on_record=None) -> list[dict]:
     """Train one ``(optimiser, seed)`` run into ``run_dir``; return all its records.
 
-    Seeds every generator with ``seed`` and builds the model and optimiser; with ``resume``,
+    ``dataset`` is :func:`load_dataset` ``(config)``, loaded once for all runs. Seeds every
+    generator with ``seed`` and builds the model and optimiser; with ``resume``,
     continues from the newest good checkpoint in ``run_dir`` (saying so if it had to skip a
     corrupt one), else starts afresh. ``on_record(record)`` is called after each record is
     durable and checkpointed (live plots, a tuner's report).
@@ -123,10 +183,13 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     records_path, checkpoint_path = run_dir / RECORDS_FILE, run_dir / CHECKPOINT_FILE
+    configure_backends(config.device)
     seed_everything(seed)
     model = build_model(config)
     trainer = Trainer(model, spec.build(model.parameters()), dataset, spec.batch_size, seed,
-                      cost=config.cost, eval_batch_size=config.eval_batch_size)
+                      cost=config.cost, eval_batch_size=config.eval_batch_size,
+                      precision=config.precision, compile=config.compile,
+                      warmup_steps=config.warmup_steps)
     num_steps, identity = config.num_steps(spec), {"run_id": run_id(spec, seed),
                                                     "optimizer": spec.name, "seed": seed}
     if resume:
@@ -153,7 +216,17 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
                 on_record({**identity, **record})
 
         trainer.run(num_steps, config.eval_every(spec), write, progress, identity["run_id"])
+    if trainer.compile_error:
+        log(f"    torch.compile fell back to the eager model: {trainer.compile_error}")
     return read_records(records_path)
+
+
+def load_dataset(config: BenchmarkConfig, progress=True):
+    """The config's task as a :class:`sfn_teach.data.Dataset` on its device, in its dtype.
+
+    ``progress`` shows download bars (CIFAR-10).
+    """
+    return DATASETS[config.task].load(config.dtype, config.device, progress, **config.data)
 
 
 def read_records(path) -> list[dict]:
@@ -186,7 +259,9 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
         config = config.fast_version()
     out_dir = Path(out_dir)
     _prepare(out_dir, config, fast, resume)
-    dataset = DATASETS[config.task].load(config.dtype, config.device)
+    log(f"{config.task} on {config.device}; {config.precision.describe(config.device)}"
+        f"{'; torch.compile on' if config.compile else ''}")
+    dataset = load_dataset(config, progress)
     runs = config.runs()
     for index, (spec, seed) in enumerate(runs, start=1):
         log(f"[{index}/{len(runs)}] {spec.name}, seed {seed}: {config.num_steps(spec)} steps "
