@@ -26,7 +26,6 @@ Files are found in :func:`data_dir`: ``$SFN_TEACH_DATA_DIR`` if set, else the re
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from .cifar10 import (
     load_generated_cifar10,
     normalize,
     random_crop_flip,
+    sha256_file,
     synthetic_cifar10,
     validation_size,
     validation_split,
@@ -69,15 +69,6 @@ def data_dir() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def sha256_of(path) -> str:
-    """The SHA-256 of the file at ``path``, as 64 hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checksum(path, checksum_path, restore_hint) -> None:
     """Raise :class:`DataError` unless ``path`` has the SHA-256 recorded in ``checksum_path``.
 
@@ -91,7 +82,7 @@ def verify_checksum(path, checksum_path, restore_hint) -> None:
     expected = checksum_path.read_text().split()[:1]
     if not expected or len(expected[0]) != 64:
         raise DataError(f"{checksum_path} holds no SHA-256 digest; {restore_hint}")
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected[0].lower():
         raise DataError(
             f"{path} is corrupt: its SHA-256 is {actual}, but {checksum_path} says "

@@ -22,6 +22,7 @@ import sfn_teach.train as train_module
 from sfn_teach.bench import ConfigError, load_benchmark, load_config, run_benchmark
 from sfn_teach.bench.__main__ import main
 from sfn_teach.bench.config import apply_overrides, build_model, read_config, validate_config
+from sfn_teach.bench.report import format_excluded_time, summarise
 from sfn_teach.bench.runner import load_dataset, run_one
 from sfn_teach.checkpoint import load_checkpoint
 from sfn_teach.cifar10 import CACHE_NAME, synthetic_cifar10
@@ -368,3 +369,21 @@ def test_channels_last_model_takes_ordinary_batches(data_dir):
     images = torch.randn(2, 3, 32, 32)  # an ordinary batch, as Batches makes it
     assert model[0](images).is_contiguous(memory_format=torch.channels_last)
     assert model(images).shape == (2, 10)
+
+
+def test_summary_states_the_time_kept_out_of_the_training_time():
+    def final(optimizer, seed, warmup, compiled, error=None):
+        return {"optimizer": optimizer, "seed": seed, "step": 3, "epoch": 1.0, "wall_clock": 2.0,
+                "grad_equivalents": 3.0, "test_loss": 1.0, "test_accuracy": 0.5,
+                "val_loss": 1.0, "warmup_seconds": warmup, "compile_seconds": 4.0 * compiled,
+                "compiled": compiled and error is None, "compile_error": error}
+
+    records = [final("SGD", 0, 0.5, True), final("SGD", 1, 0.7, True),
+               final("SFN", 0, 1.0, True, "RuntimeError: no double backward")]
+    rows = summarise(records, target_loss=0.5)
+    assert rows[0]["warmup_seconds"] == {"median": 0.6, "min": 0.5, "max": 0.7}
+    table = format_excluded_time(rows)
+    assert "| SGD | 0.6 [0.5–0.7] | 4 | 2/2 | – |" in table
+    assert "| SFN | 1 | 4 | 0/1 | RuntimeError: no double backward |" in table
+    plain = [dict(r, warmup_seconds=0.0, compile_seconds=0.0) for r in records]
+    assert format_excluded_time(summarise(plain, target_loss=0.5)) == ""

@@ -8,6 +8,15 @@ From Python (e.g. a notebook)::
     plot_curves(result.records, "test_loss")   # a matplotlib Figure
     config, records = load_benchmark("runs/digits_mlp")   # read a run directory back
 
+    # one run by hand, e.g. from a tuner: a config with a field changed, its data, one seed
+    config = validate_config(apply_overrides(read_config(path), {"optimizers[0].lr": 0.1}))
+    records = run_one(config, config.optimizers[0], 0, load_dataset(config), "runs/x",
+                      on_record=report)
+
+``run_benchmark(config, out_dir, *, fast, resume, progress, log, on_record)`` takes a config
+file, a raw dict or a validated config; the fields of a record are listed in
+:mod:`sfn_teach.bench.runner`.
+
 From the shell: ``python -m sfn_teach.bench --help`` (:mod:`sfn_teach.bench.__main__`).
 
 Modules: :mod:`.config` (reading and validating configs), :mod:`.runner` (the run directory,
@@ -20,14 +29,17 @@ from .config import (
     BenchmarkConfig,
     ConfigError,
     OptimizerSpec,
+    apply_overrides,
     build_model,
     load_config,
+    read_config,
     validate_config,
 )
 from .report import format_table, plot_curves, plot_optimizer_stats, summarise, write_report
 from .runner import (
     BenchmarkResult,
     load_benchmark,
+    load_dataset,
     read_records,
     report_benchmark,
     run_benchmark,
@@ -37,7 +49,8 @@ from .runner import (
 
 __all__ = [
     "DTYPES", "MODELS", "BenchmarkConfig", "BenchmarkResult", "ConfigError", "OptimizerSpec",
-    "build_model", "format_table", "load_benchmark", "load_config", "plot_curves",
-    "plot_optimizer_stats", "read_records", "report_benchmark", "run_benchmark", "run_id",
-    "run_one", "summarise", "validate_config", "write_report",
+    "apply_overrides", "build_model", "format_table", "load_benchmark", "load_config",
+    "load_dataset", "plot_curves", "plot_optimizer_stats", "read_config", "read_records",
+    "report_benchmark", "run_benchmark", "run_id", "run_one", "summarise", "validate_config",
+    "write_report",
 ]

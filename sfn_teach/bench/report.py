@@ -7,6 +7,10 @@ and the time and work until the first evaluation at which the target split's los
 the target (``report.target_loss``). A run that never reaches the target counts as ∞ there, so
 the median is ∞ unless more than half of the seeds reach it; the ``reached`` column says how
 many did. No interpolation between evaluations: the times are those of the evaluation.
+Time kept out of the training time — the warm-up steps and the compiling first step of each
+(re)start (:mod:`sfn_teach.train`) — is summarised too (``warmup_seconds``,
+``compile_seconds``), with how many runs trained compiled and why any fell back to eager;
+``summary.md`` shows them below the table when there are any.
 
 Curves are drawn per optimiser as the median over seeds at each evaluation (the ``x`` value
 too, e.g. the median wall-clock), with the min–max band of the ``y`` values; an optimiser
@@ -69,8 +73,28 @@ def summarise(records, target_loss, target_split="val") -> list[dict]:
             "grad_equivalents_to_target": _spread(
                 [h["grad_equivalents"] if h else math.inf for h in hits]),
             "reached": sum(h is not None for h in hits),
+            # (records written before warm-up accounting have none of these: nothing excluded)
+            "warmup_seconds": _spread([r.get("warmup_seconds", 0.0) for r in finals]),
+            "compile_seconds": _spread([r.get("compile_seconds", 0.0) for r in finals]),
+            "compiled": sum(bool(r.get("compiled")) for r in finals),
+            "compile_errors": sorted({r["compile_error"] for r in finals
+                                      if r.get("compile_error")}),
         })
     return rows
+
+
+def format_excluded_time(rows) -> str:
+    """The time kept out of the training time, per optimiser, as Markdown ("" if none)."""
+    if not any(row["warmup_seconds"]["max"] or row["compile_seconds"]["max"] for row in rows):
+        return ""
+    lines = ["| optimiser | warm-up (s) | compilation (s) | runs compiled | compile fell back |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        fell_back = "; ".join(row["compile_errors"]) or "–"
+        lines.append(f"| {row['optimizer']} | {_cell(row['warmup_seconds'], 3)} | "
+                     f"{_cell(row['compile_seconds'], 3)} | {row['compiled']}/{row['seeds']} | "
+                     f"{fell_back} |")
+    return "\n".join(lines)
 
 
 def _cell(spread, digits):
@@ -199,9 +223,12 @@ def write_report(out_dir, config, records, machine="", log=print) -> list[dict]:
         raise FileNotFoundError(f"{out_dir} holds no records yet")
     rows = summarise(records, config.target_loss, config.target_split)
     table = format_table(rows, config.target_loss, config.target_split)
+    excluded = format_excluded_time(rows)
+    if excluded:
+        excluded = f"\nNot in the training time (first steps after each start):\n\n{excluded}\n"
     (out_dir / "summary.md").write_text(
         f"# {config.name}\n\nMedian [min–max] over seeds; times are training steps only"
-        f"{', measured on ' + machine if machine else ''}.\n\n{table}\n"
+        f"{', measured on ' + machine if machine else ''}.\n\n{table}\n{excluded}"
     )
     (out_dir / "summary.json").write_text(json.dumps(_finite_or_none(rows), indent=2) + "\n")
     for name, make in FIGURES.items():
