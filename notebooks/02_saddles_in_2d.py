@@ -117,7 +117,8 @@ sfn_components = -gradient_components / h.abs()  # the saddle-free Newton step
 
 torch.testing.assert_close(theta0 + Q @ newton_components, torch.tensor(runs[1].points[1]))
 torch.testing.assert_close(theta0 + Q @ sfn_components, torch.tensor(runs[2].points[1]))
-print(f"{'':>26}{'q₁ (h = %.2f)' % h[0]:>16}{'q₂ (h = %.2f)' % h[1]:>16}")
+headers = [f"q{i} (h = {float(h[i - 1]):.2f})" for i in (1, 2)]
+print(f"{'':>26}{headers[0]:>16}{headers[1]:>16}")
 for name, values in [("position c", c), ("gradient h·c", gradient_components),
                      ("Newton step −g/h", newton_components),
                      ("SFN step −g/|h|", sfn_components)]:
