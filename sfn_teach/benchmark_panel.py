@@ -79,7 +79,8 @@ class BenchmarkPanel:
         controls: which controls to show, a subset of :data:`CONTROLS`:
             ``optimizers`` (a checkbox per optimiser of the config), ``num_terms`` (``K``),
             ``acceleration_order`` (``r``) and ``damping`` (``λ``, the initial damping) of
-            every SeriesSFN optimiser, ``batch_size`` (of every optimiser), ``epochs`` or
+            every SeriesSFN optimiser, ``batch_size`` (of every optimiser; 0 keeps each
+            optimiser's own, e.g. the paper's 3200 for SGD and 800 for Adam), ``epochs`` or
             ``steps`` (the budget), ``seeds`` (how many: seeds 0, 1, …) and ``augment``.
         augment_path: where in the config the ``augment`` checkbox writes its bool, e.g.
             ``("data", "augment")``.
@@ -149,8 +150,8 @@ class BenchmarkPanel:
             value=series.get("acceleration_order", 0), min=0, max=5, description="r", **_SLIDER
         )
         self.damping = DampingControl(series.get("damping", 1e-4))
-        self.batch_size = widgets.IntText(value=train.get("batch_size", 100),
-                                          description="batch size", **_SLIDER)
+        self.batch_size = widgets.IntText(value=train.get("batch_size", 0),
+                                          description="batch size (0: as configured)", **_SLIDER)
         self.epochs = widgets.IntSlider(value=train.get("epochs") or 1, min=1, max=100,
                                         description="epochs", **_SLIDER)
         self.steps = widgets.IntSlider(value=train.get("steps") or 20, min=1, max=500,
@@ -196,9 +197,9 @@ class BenchmarkPanel:
                         entry[name] = getattr(self, name).value
                 if "damping" in shown:
                     entry["damping"] = self.damping.value
-            if "batch_size" in shown:
+            if "batch_size" in shown and self.batch_size.value:
                 entry["batch_size"] = self.batch_size.value
-        if "batch_size" in shown:
+        if "batch_size" in shown and self.batch_size.value:
             train["batch_size"] = self.batch_size.value
         for budget, other in (("epochs", "steps"), ("steps", "epochs")):
             if budget in shown:

@@ -95,3 +95,12 @@ def test_markdown_table_becomes_html():
         '<table class="sfn-results"><tr><th>a</th><th>b</th></tr>'
         "<tr><td>1</td><td>&lt;2&gt;</td></tr></table>"
     )
+
+
+def test_batch_size_zero_keeps_each_optimisers_own(quick_config, tmp_path):
+    panel = BenchmarkPanel(quick_config, tmp_path)
+    panel.batch_size.value = 0
+    sizes = {o["name"]: o.get("batch_size") for o in panel.build_config()["optimizers"]}
+    assert sizes == {o["name"]: o.get("batch_size") for o in quick_config["optimizers"]}
+    panel.batch_size.value = 50
+    assert {o["batch_size"] for o in panel.build_config()["optimizers"]} == {50}
