@@ -378,3 +378,48 @@ def check_step_cost(num_terms: int, hvp_cost: float, levenberg_marquardt_damping
         False, f"not the cost of one step with {where}. Hint: count the gradient, the products "
                "of the series (two per term after the first) and any extra forward pass.",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Scale (notebook 05)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_count(what: str, expected: int, answer, where: str, hint: str) -> CheckResult:
+    """Compare a whole-number answer (a count) with the expected one."""
+    if _unanswered(answer):
+        return _not_yet(what)
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        return _report(False, f"give a number, got {type(answer).__name__}")
+    if answer == expected:
+        return _report(True, f"right: that is the {what} {where}.")
+    return _report(False, f"not the {what} {where}. Hint: {hint}")
+
+
+def check_hvps_per_epoch(num_train: int, batch_size: int, num_terms: int, answer) -> CheckResult:
+    """Check the Hessian-vector products of one epoch of SeriesSFN: ``⌊N/B⌋ · 2(K − 1)``
+    (the last, incomplete batch of an epoch is dropped)."""
+    expected = (num_train // batch_size) * 2 * (num_terms - 1)
+    return _check_count(
+        "number of HVPs in one epoch", expected, answer,
+        f"with {num_train} training images, batch {batch_size} and K = {num_terms}",
+        "count the steps of an epoch (whole batches only), then the products of one step.",
+    )
+
+
+def check_allreduces_per_step(num_terms: int, levenberg_marquardt_damping: bool,
+                              answer) -> CheckResult:
+    """Check the all-reduces of one data-parallel SeriesSFN step.
+
+    One for the loss and the gradient together, one per Hessian-vector product
+    (``2(K − 1)``), and one for the re-evaluated loss of Levenberg–Marquardt damping
+    (:mod:`sfn_teach.distributed`).
+    """
+    expected = 1 + 2 * (num_terms - 1) + (1 if levenberg_marquardt_damping else 0)
+    where = (f"for K = {num_terms}"
+             + (" with Levenberg–Marquardt damping" if levenberg_marquardt_damping else ""))
+    return _check_count(
+        "number of all-reduces per step", expected, answer, where,
+        "every quantity that is an average over the whole batch must be averaged over the "
+        "ranks: which of them does a step compute?",
+    )

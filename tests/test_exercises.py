@@ -200,3 +200,16 @@ def test_optimiser_checks_accept_right_and_reject_wrong_answers(capsys):
     assert not exercises.check_step_cost(5, 2.0, False, 17.5).correct
     output = capsys.readouterr().out
     assert "17" not in output.replace("17.5", "") and "17.0" not in output  # no solution shown
+
+
+def test_scale_checks(capsys):
+    from sfn_teach import exercises
+
+    assert exercises.check_hvps_per_epoch(45_000, 3200, 5, 14 * 8).correct
+    assert not exercises.check_hvps_per_epoch(45_000, 3200, 5, 45_000 / 3200 * 8).correct
+    assert exercises.check_allreduces_per_step(5, True, 10).correct
+    assert not exercises.check_allreduces_per_step(5, True, 9).correct
+    assert not exercises.check_allreduces_per_step(5, False, 10).correct
+    assert not exercises.check_hvps_per_epoch(45_000, 3200, 5, ...).correct
+    output = capsys.readouterr().out
+    assert "112" not in output.replace("got 112", "")
