@@ -25,6 +25,7 @@ import math
 import statistics
 from pathlib import Path
 
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 AXES = {
@@ -168,6 +169,7 @@ def plot_curves(records, y="test_loss", xs=("step", "wall_clock", "grad_equivale
             ax.set_yscale("log")
         if x in log_x:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no crowded minor labels
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     return figure
