@@ -66,7 +66,7 @@ def markdown_table_to_html(table: str) -> str:
     cells = [[html.escape(cell.strip()) for cell in row] for row in rows]
     head = "".join(f"<th>{cell}</th>" for cell in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
-    return f'<table class="sfn-results"><tr>{head}</tr>{body}</table>'
+    return f'<table class="sfn-results-table"><tr>{head}</tr>{body}</table>'
 
 
 class BenchmarkPanel:
@@ -117,14 +117,18 @@ class BenchmarkPanel:
         self.axes = self.figure.subplots(len(ROWS), len(COLUMNS), squeeze=False)
         self._canvas = FigureCanvasAgg(self.figure)
         self.image = widgets.Image(format="png")
+        # CSS classes by which the browser tests (tests/test_browser.py) find the parts
         for part, name in [(self.run_button, "run"), (self.message, "message"),
-                           (self.image, "figure"), (self.table, "results")]:
+                           (self.image, "figure"), (self.table, "results"),
+                           (self.num_terms, "k-slider"), (self.damping.text, "damping-text"),
+                           (self.status, "status")]:
             part.add_class(f"sfn-{name}")
         self._draw()
         self.widget = widgets.VBox([
             *self._control_rows(), widgets.HBox([self.run_button, self.progress]),
             self.status, self.message, self.image, self.table,
         ])
+        self.widget.add_class("sfn-benchmark-panel")
 
     def _ipython_display_(self):
         from IPython.display import display

@@ -126,7 +126,8 @@ def processes_with_marker(prefix: str) -> dict[int, str]:
 
 
 def copy_notebooks(destination: Path) -> Path:
-    """A throwaway copy of the repository's layout: ``jupytext.toml`` and ``notebooks/``.
+    """A throwaway copy of the repository's layout: ``jupytext.toml``, ``benchmarks/`` (the
+    configs notebooks 04 and 05 read) and ``notebooks/``.
 
     Each ``.py`` is written after its ``.ipynb`` (jupytext refuses a pair whose ``.ipynb`` is
     newer than its text file). Returns the copy of ``notebooks/``, the server's root.
@@ -134,6 +135,7 @@ def copy_notebooks(destination: Path) -> Path:
     notebooks = destination / "notebooks"
     notebooks.mkdir(parents=True)
     shutil.copy(ROOT / "jupytext.toml", destination)
+    shutil.copytree(ROOT / "benchmarks", destination / "benchmarks")
     for ipynb in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
         shutil.copy(ipynb, notebooks)
     for source in sorted(NOTEBOOK_DIR.glob("*.py")):
@@ -494,8 +496,14 @@ def explorer_panels(notebook: OpenNotebook) -> list:
     return [panels.nth(i) for i in range(panels.count())]
 
 
-def panel_state(panel) -> PanelState:
+def figure_digest(panel) -> tuple[str, int]:
+    """SHA-256 of the PNG the panel's figure (``.sfn-figure``) shows, and its width."""
     figure, width = panel.locator(".sfn-figure").evaluate(_FIGURE_DIGEST)
+    return figure, width
+
+
+def panel_state(panel) -> PanelState:
+    figure, width = figure_digest(panel)
     return PanelState(
         readout=panel.locator(".sfn-readout").text_content().strip(),
         message=panel.locator(".sfn-message").text_content().strip(),

@@ -92,7 +92,7 @@ def test_bad_construction_is_named(quick_config, tmp_path):
 def test_markdown_table_becomes_html():
     table = "| a | b |\n|---|---|\n| 1 | <2> |"
     assert markdown_table_to_html(table) == (
-        '<table class="sfn-results"><tr><th>a</th><th>b</th></tr>'
+        '<table class="sfn-results-table"><tr><th>a</th><th>b</th></tr>'
         "<tr><td>1</td><td>&lt;2&gt;</td></tr></table>"
     )
 

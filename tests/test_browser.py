@@ -36,11 +36,13 @@ from browser_support import (
     NEGATIVE_DAMPING_MESSAGE,
     NOTEBOOK_DIR,
     ROOT,
+    WIDGET_TIMEOUT_S,
     JupyterServer,
     OpenNotebook,
     assert_no_errors_shown,
     copy_notebooks,
     explorer_panels,
+    figure_digest,
     file_digest,
     free_port,
     k_slider_value,
@@ -65,8 +67,10 @@ from playwright.sync_api import sync_playwright
 
 pytestmark = pytest.mark.browser
 
-#: the notebooks whose explorer panels are driven (04 and 05 join here when they exist)
+#: the notebooks whose explorer panels are driven
 EXPLORER_NOTEBOOKS = ["02_saddles_in_2d", "03_series_for_the_absolute_inverse"]
+#: the notebooks whose benchmark panel is driven (K changed, Run pressed, a bad λ refused)
+BENCHMARK_NOTEBOOKS = ["04_series_sfn_on_a_small_network", "05_resnet18_cifar10"]
 ALL_NOTEBOOKS = sorted(path.stem for path in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 FIRST_NOTEBOOK = ALL_NOTEBOOKS[0]
 #: every server started in this session carries MARKER_VARIABLE=<this tag>:<its own id>
@@ -186,6 +190,42 @@ def test_notebook_runs_and_its_explorer_panels_answer(lab, page, name):
         exercise_explorer_panel(notebook, panel)
         scroll_to_centre(panel)
         save_screenshot(page, f"{name}--panel-{index}")
+    assert_no_errors_shown(notebook)
+
+
+def benchmark_panel_state(panel) -> tuple[str, str, str]:
+    """What a person sees of a benchmark panel: (figure digest, results table, message)."""
+    return (figure_digest(panel)[0], panel.locator(".sfn-results").text_content().strip(),
+            panel.locator(".sfn-message").text_content().strip())
+
+
+@pytest.mark.parametrize("name", BENCHMARK_NOTEBOOKS)
+def test_notebook_runs_and_its_benchmark_panel_trains(lab, page, name):
+    notebook = open_notebook(page, lab, f"{name}.ipynb")
+    run_all_cells(notebook)
+    wait_for_all_cells_to_run(notebook)
+    assert_no_errors_shown(notebook)
+    panel = notebook.panel.locator(".jp-OutputArea-output .sfn-benchmark-panel").first
+    assert panel.count() == 1, f"{name}.ipynb shows no benchmark panel after Run All"
+    scroll_to_centre(panel)
+    before = benchmark_panel_state(panel)
+
+    k = k_slider_value(panel)
+    press_arrow_right_on_k_slider(panel, 1)
+    wait_for(lambda: k_slider_value(panel) == k + 1, WIDGET_TIMEOUT_S, "K to move by one",
+             fail=notebook.fail)
+    panel.locator(".sfn-run button, button.sfn-run").first.click()
+    trained = wait_for(
+        lambda: (state := benchmark_panel_state(panel))[0] != before[0] and "optimiser"
+        in state[1] and not state[2] and state, WIDGET_TIMEOUT_S,
+        "the new run's figure and results table after Run was pressed", fail=notebook.fail)
+
+    type_damping(panel, "-1")
+    panel.locator(".sfn-run button, button.sfn-run").first.click()
+    wait_for(lambda: "damping" in benchmark_panel_state(panel)[2], WIDGET_TIMEOUT_S,
+             "the panel to refuse λ = -1 with a message naming the damping", fail=notebook.fail)
+    assert benchmark_panel_state(panel)[0] == trained[0], "a refused run changed the figure"
+    save_screenshot(page, f"{name}--benchmark-panel")
     assert_no_errors_shown(notebook)
 
 
