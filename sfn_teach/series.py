@@ -292,7 +292,8 @@ def sfn_series(
     # tensors until the end): cheap for a 2-D toy, and no host synchronisation on a GPU.
     term = grad
     partial_sum = coefficients[0] * grad
-    term_norms, sum_norms = [term.norm()], [partial_sum.norm()]
+    norm = torch.linalg.vector_norm  # (Tensor.norm adds a Python wrapper per call)
+    term_norms, sum_norms = [norm(term)], [norm(partial_sum)]
     window = [partial_sum]  # the last 2r+1 partial sums, for the ε-algorithm
     first_square = square_of_grad
     for k in range(1, num_terms):
@@ -304,8 +305,8 @@ def sfn_series(
         term = term.add(square, alpha=-1.0 / scale)  # v_k = v_{k−1} − H²v_{k−1}/V
         partial_sum = partial_sum.add(term, alpha=coefficients[k])  # S_k = S_{k−1} + c_k v_k
         window = (window + [partial_sum])[-window_size:]
-        term_norms.append(term.norm())
-        sum_norms.append(partial_sum.norm())
+        term_norms.append(norm(term))
+        sum_norms.append(norm(partial_sum))
 
     root_scale = math.sqrt(scale)
     term_norms = torch.stack(term_norms).tolist()
