@@ -392,9 +392,16 @@ class Batches:
     and the augmentation draws come from CPU generators, so the batches are the same on every
     device; the batch itself is gathered, augmented and transformed on the data's device, with
     no per-example Python work.
+
+    **Shards (data parallelism).** With ``shard = (p, P)`` each step returns only the ``p``-th
+    of ``P`` equal consecutive parts of the global batch (rows ``p·B/P`` to ``(p+1)·B/P − 1``;
+    ``batch_size`` ``B`` must be divisible by ``P``). The global batch, its order and its
+    augmentation are the same for every ``p``, so the ``P`` shards of a step together are
+    exactly the batch one process would see.
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int, augment: Callable | None = None):
+    def __init__(self, split: Split, batch_size: int, seed: int, augment: Callable | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if batch_size > len(split):
@@ -402,7 +409,14 @@ class Batches:
                 f"batch_size must be at most the number of examples ({len(split)}), "
                 f"got {batch_size}"
             )
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be (p, P) with 0 <= p < P, got {shard!r}")
+        if batch_size % count:
+            raise ValueError(f"batch_size must be divisible by the number of shards {count}, "
+                             f"got {batch_size}")
         self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
+        self.shard = slice(index * batch_size // count, (index + 1) * batch_size // count)
         self.steps_per_epoch = len(split) // batch_size
         self._epoch, self._order = None, None
 
@@ -418,15 +432,16 @@ class Batches:
         return torch.Generator().manual_seed(_mixed_seed(self.seed, epoch, index + 1))
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch ``(model inputs, targets)`` of global step ``step`` (counted from 0)."""
+        """The batch ``(model inputs, targets)`` of global step ``step`` (counted from 0); with
+        a shard, this process's part of it."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch, self._order = epoch, self.order(epoch)
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         inputs = self.split.inputs[rows]
-        if self.augment is not None:
+        if self.augment is not None:  # the whole batch, so that every shard draws as one process
             inputs = self.augment(inputs, self.generator(step))
-        return self.split.prepare(inputs), self.split.targets[rows]
+        return self.split.prepare(inputs[self.shard]), self.split.targets[rows][self.shard]
 
 
 def _mixed_seed(*words: int) -> int:

@@ -20,7 +20,9 @@ on ``P`` ranks equals the single-process update on the whole batch up to roundin
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -34,25 +36,57 @@ def world_size(group=None) -> int:
     return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
-class RankAveragedOperator:
-    """The curvature operator of the loss averaged over ranks, from each rank's own operator.
+def rank(group=None) -> int:
+    """This process's rank in ``group`` (0 when torch.distributed is not initialised)."""
+    return dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
 
-    ``operator`` is this rank's (e.g. :class:`sfn_teach.hvp.ParamsHVP` on its shard). At
-    construction one all-reduce averages ``(f_r, g_r)``; every :meth:`matvec` averages
-    ``H_r v`` with one more. A dense ``hessian``, if the operator has one, is averaged too.
-    ``bytes_reduced`` and ``seconds_reducing`` count the traffic and the time spent in the
-    all-reduces (including waiting for the slowest rank).
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in a ``torchrun`` job: its rank among ``size`` processes, and
+    its rank among the ``local_size`` processes on this machine (the GPU it should use)."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+
+
+def torchrun_launch(environ=None) -> Launch | None:
+    """The :class:`Launch` that ``torchrun`` describes in the environment (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``), or ``None`` outside torchrun."""
+    environ = os.environ if environ is None else environ
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    if not all(name in environ for name in names):
+        return None
+    return Launch(*(int(environ[name]) for name in names))
+
+
+def init_process_group(device: torch.device):
+    """Join the ``torchrun`` job: NCCL with ``device`` (this rank's GPU) on CUDA, gloo on a CPU.
+
+    Reads the rendezvous (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``) from
+    the environment that torchrun sets; returns the group of all ranks.
+    """
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return dist.group.WORLD
+
+
+class RankMean:
+    """Averages tensors over the ranks of ``group`` and meters it.
+
+    :meth:`mean` is one ``all_reduce``; ``bytes_reduced`` and ``seconds_reducing`` add up the
+    bytes of every tensor reduced and the time spent in the all-reduces (including waiting for
+    the slowest rank).
     """
 
-    def __init__(self, operator, group=None):
-        self._operator, self.group = operator, group
-        self.params, self.dim = operator.params, operator.dim
-        self.bytes_reduced, self.seconds_reducing, self.num_products = 0, 0.0, 0
-        grad = operator.grad
-        packed = self.mean(torch.cat([operator.loss.reshape(1).to(grad), grad]))
-        self.loss, self.grad = packed[0], packed[1:]
-        hessian = getattr(operator, "hessian", None)
-        self.hessian = None if hessian is None else self.mean(hessian)
+    def __init__(self, group=None):
+        self.group = group
+        self.bytes_reduced, self.seconds_reducing = 0, 0.0
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """``(1/P) Σ_r tensor_r`` on every rank (a new tensor; one all-reduce)."""
@@ -63,10 +97,55 @@ class RankAveragedOperator:
         self.bytes_reduced += total.numel() * total.element_size()
         return total / world_size(self.group)
 
+
+class RankAveragedOperator(RankMean):
+    """The curvature operator of the loss averaged over ranks, from each rank's own operator.
+
+    ``operator`` is this rank's (e.g. :class:`sfn_teach.hvp.ParamsHVP` on its shard). At
+    construction one all-reduce averages ``(f_r, g_r)``; every :meth:`matvec` averages
+    ``H_r v`` with one more. A dense ``hessian``, if the operator has one, is averaged too.
+    ``bytes_reduced`` and ``seconds_reducing`` meter all of them (:class:`RankMean`).
+    """
+
+    def __init__(self, operator, group=None):
+        super().__init__(group)
+        self._operator = operator
+        self.params, self.dim = operator.params, operator.dim
+        self.num_products = 0
+        grad = operator.grad
+        packed = self.mean(torch.cat([operator.loss.reshape(1).to(grad), grad]))
+        self.loss, self.grad = packed[0], packed[1:]
+        hessian = getattr(operator, "hessian", None)
+        self.hessian = None if hessian is None else self.mean(hessian)
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``Hv = (1/P) Σ_r H_r v``."""
         self.num_products += 1
         return self.mean(self._operator.matvec(v))
+
+
+class GradientMean(RankMean):
+    """Data parallelism for ``torch.optim`` optimisers: the gradients averaged over ranks.
+
+    Called with this rank's loss ``f_r`` after ``backward`` on its shard, it sets every
+    parameter's gradient to ``g = (1/P) Σ_r g_r`` and returns ``f = (1/P) Σ_r f_r``, with ONE
+    all-reduce of the flat vector ``[f_r, g_r]`` (all gradients flattened and concatenated;
+    a parameter without a gradient contributes zeros). Metered as :class:`RankMean`.
+    """
+
+    def __init__(self, params, group=None):
+        super().__init__(group)
+        self.params = [p for p in params if p.requires_grad]
+
+    def __call__(self, loss: torch.Tensor) -> torch.Tensor:
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
+        flat = torch.cat([loss.detach().reshape(1).to(grads[0]), *(g.reshape(-1) for g in grads)])
+        averaged = self.mean(flat)
+        offset = 1
+        for p in self.params:
+            p.grad = averaged[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return averaged[0]
 
 
 class SyncBatchNorm(_BatchNorm):

@@ -21,7 +21,17 @@ uses batch statistics and updates nothing (:func:`make_closure`).
 - the work in *gradient-equivalents* (:class:`CostModel`): one per gradient, ``c_HVP`` per
   Hessian-vector product and ``c_fwd`` per forward-only pass, counted from the optimiser's
   ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``; a ``torch.optim`` optimiser
-  costs one gradient per step). Evaluation passes are not counted.
+  costs one gradient per step). Evaluation passes are not counted;
+- data-parallel (``process_group``), the optimiser's all-reduces: the bytes of the last step
+  and the seconds spent in them during the steps counted in ``wall_clock``.
+
+**Data parallelism.** With ``process_group`` (``torch.distributed`` initialised, one process
+per rank, the same seed everywhere) each rank trains on its shard of every batch
+(:class:`sfn_teach.data.Batches` with ``shard``); a curvature optimiser built with the same
+``process_group`` averages the gradient and every Hessian-vector product itself, a
+``torch.optim`` optimiser gets its gradients averaged after ``backward``
+(:class:`sfn_teach.distributed.GradientMean`, one all-reduce per step). Every rank evaluates
+the whole splits with identical parameters, so the records are the same on every rank.
 
 **Precision and compilation.** Each step runs in the precision that
 :class:`sfn_teach.device.Precision` gives its kind of optimiser (curvature steps in float32
@@ -55,6 +65,7 @@ from tqdm.auto import tqdm
 from .checkpoint import rng_state, set_rng_state
 from .data import SPLITS, Batches, Dataset, Split
 from .device import Precision, autocast, tf32, timed
+from .distributed import GradientMean, rank, world_size
 from .hvp import ModelHVP, batchnorm_policy, dense_hessian
 from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN
 
@@ -69,7 +80,8 @@ OPTIMIZERS = {
 
 STAT_FIELDS = ("scale", "damping", "alpha", "mu", "rho")
 """Statistics of the last step copied into every record (``V``, ``λ``, ``α``, ``μ``, ``ρ``)."""
-TIMING_FIELDS = ("wall_clock", "warmup_seconds", "compile_seconds")
+TIMING_FIELDS = ("wall_clock", "warmup_seconds", "compile_seconds", "allreduce_seconds",
+                 "allreduce_share")
 """The record fields that are measured times (they differ between otherwise identical runs)."""
 
 
@@ -100,12 +112,14 @@ def seed_everything(seed: int) -> None:
 
 
 def make_closure(optimizer, model, loss_fn, inputs, targets, *, forward=None,
-                 autocast_dtype=None):
+                 autocast_dtype=None, gradient_mean=None):
     """The closure of one step on the batch ``(inputs, targets)``.
 
     For a :class:`sfn_teach.optim.CurvatureOptimizer` it returns ``loss_fn(forward(inputs),
     targets)`` and nothing else; for any other optimiser it zeroes the gradients, computes the
-    loss, calls ``backward`` and returns the loss, as ``torch.optim`` expects. ``forward`` is
+    loss, calls ``backward`` and returns the loss, as ``torch.optim`` expects. Data-parallel,
+    ``gradient_mean`` (a :class:`sfn_teach.distributed.GradientMean`) then averages the loss
+    and the gradients over the ranks (a curvature optimiser does that itself). ``forward`` is
     the callable that computes the outputs (default ``model``, or e.g. the model compiled by
     ``torch.compile``); with ``autocast_dtype`` the forward pass (not the backward) runs under
     ``torch.autocast`` of that dtype on the inputs' device.
@@ -133,7 +147,7 @@ def make_closure(optimizer, model, loss_fn, inputs, targets, *, forward=None,
         optimizer.zero_grad()
         value = loss()
         value.backward()
-        return value
+        return value if gradient_mean is None else gradient_mean(value)
 
     return loss_and_gradient
 
@@ -190,6 +204,9 @@ class Trainer:
             eager model if the first step fails (see the module docstring).
         warmup_steps: how many steps this trainer takes first without counting them in
             ``wall_clock`` (their time is ``warmup_seconds``).
+        process_group: data parallelism over the ranks of this ``torch.distributed`` group (see
+            the module docstring); ``batch_size`` is the global batch, divisible by the
+            number of ranks. ``None``: one process.
 
     :meth:`run` trains and evaluates; :meth:`state_dict` / :meth:`load_state_dict` save and
     restore everything needed to continue bit for bit. A trainer restored from a state dict
@@ -210,13 +227,17 @@ class Trainer:
         precision: Precision | None = None,
         compile: bool = False,
         warmup_steps: int = 0,
+        process_group=None,
     ):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
         self.loss_fn, self.cost, self.eval_batch_size = loss_fn, cost, eval_batch_size
         self.precision, self.warmup_steps = precision or Precision(), warmup_steps
-        self.batches = Batches(dataset.train, batch_size, seed, dataset.augment)
+        self.process_group = process_group
+        shard = (0, 1) if process_group is None else (rank(process_group),
+                                                      world_size(process_group))
+        self.batches = Batches(dataset.train, batch_size, seed, dataset.augment, shard)
         self.device = next(model.parameters()).device
         self.curvature = isinstance(optimizer, CurvatureOptimizer)
         self.forward = torch.compile(model) if compile else model
@@ -225,6 +246,7 @@ class Trainer:
         self.step = 0
         self.num_records = 0
         self.wall_clock = self.warmup_seconds = self.compile_seconds = 0.0
+        self.allreduce_seconds = 0.0
         self.counts = {"gradients": 0, "hvps": 0, "forward": 0, "skipped": 0}
         self.last_stats: dict = {}
 
@@ -238,16 +260,30 @@ class Trainer:
         """The work so far in gradient-equivalents (:class:`CostModel`)."""
         return self.cost(self.counts["gradients"], self.counts["hvps"], self.counts["forward"])
 
-    def _optimizer_step(self) -> float:
-        """Fetch the batch of ``self.step`` and take one optimiser step; the loss before it."""
+    def _optimizer_step(self) -> dict:
+        """Fetch the batch of ``self.step`` and take one optimiser step; its statistics.
+
+        Those of a curvature optimiser (``stats``), else the loss before the step and,
+        data-parallel, the bytes and seconds of the gradients' all-reduce.
+        """
         inputs, targets = self.batches[self.step]
         dtype, allow_tf32 = self.precision.step(self.curvature)
+        gradient_mean = None
+        if self.process_group is not None and not self.curvature:
+            gradient_mean = GradientMean(self.model.parameters(), self.process_group)
         closure = make_closure(self.optimizer, self.model, self.loss_fn, inputs, targets,
-                               forward=self.forward, autocast_dtype=dtype)
+                               forward=self.forward, autocast_dtype=dtype,
+                               gradient_mean=gradient_mean)
         with tf32(allow_tf32):
-            return float(self.optimizer.step(closure).detach())
+            loss = float(self.optimizer.step(closure).detach())
+        if self.curvature:
+            return dict(self.optimizer.stats)
+        if gradient_mean is None:
+            return {"loss": loss}
+        return {"loss": loss, "allreduce_bytes": gradient_mean.bytes_reduced,
+                "allreduce_seconds": gradient_mean.seconds_reducing}
 
-    def _first_compiled_step(self) -> float:
+    def _first_compiled_step(self) -> dict:
         """The first step through ``torch.compile``; on failure restore, go eager, retry."""
         before = copy.deepcopy(self.state_dict())
         try:
@@ -267,17 +303,17 @@ class Trainer:
         """One optimiser step on the next batch; returns its statistics (at least the loss)."""
         self.model.train()
         if self._compile_pending:
-            loss, seconds = timed(self._first_compiled_step, self.device)
+            stats, seconds = timed(self._first_compiled_step, self.device)
             self._compile_pending = False
             self.compile_seconds += seconds
         else:
-            loss, seconds = timed(self._optimizer_step, self.device)
+            stats, seconds = timed(self._optimizer_step, self.device)
             if self._steps_taken < self.warmup_steps:
                 self.warmup_seconds += seconds
             else:
                 self.wall_clock += seconds
+                self.allreduce_seconds += stats.get("allreduce_seconds", 0.0)
             self._steps_taken += 1
-        stats = dict(getattr(self.optimizer, "stats", None) or {"loss": loss})
         self.counts["gradients"] += stats.get("num_gradients", 1)
         self.counts["hvps"] += stats.get("num_hvps", 0)
         self.counts["forward"] += stats.get("num_forward", 0)
@@ -296,8 +332,10 @@ class Trainer:
         training forward runs through ``torch.compile``) and ``compile_error`` (why it fell
         back, else ``None``); and from the last step ``batch_loss`` and ``scale`` V,
         ``damping`` λ, ``alpha`` α, ``mu`` μ, ``rho`` ρ (``None`` where the optimiser has no
-        such quantity, and at step 0). Each call counts in ``num_records`` (saved in
-        :meth:`state_dict`).
+        such quantity, and at step 0); data-parallel, ``allreduce_bytes`` (of the last step),
+        ``allreduce_seconds`` (in the steps of ``wall_clock``) and ``allreduce_share`` (their
+        fraction of ``wall_clock``), ``None`` in one process. Each call counts in
+        ``num_records`` (saved in :meth:`state_dict`).
         """
         record = {
             "step": self.step,
@@ -320,6 +358,11 @@ class Trainer:
         record["compiled"], record["compile_error"] = self.compiled, self.compile_error
         record["batch_loss"] = self.last_stats.get("loss")
         record.update({field: self.last_stats.get(field) for field in STAT_FIELDS})
+        parallel = self.process_group is not None
+        record["allreduce_bytes"] = self.last_stats.get("allreduce_bytes")
+        record["allreduce_seconds"] = self.allreduce_seconds if parallel else None
+        record["allreduce_share"] = (self.allreduce_seconds / self.wall_clock
+                                     if parallel and self.wall_clock > 0 else None)
         self.num_records += 1
         return record
 
@@ -364,8 +407,10 @@ class Trainer:
             "wall_clock": self.wall_clock,
             "warmup_seconds": self.warmup_seconds,
             "compile_seconds": self.compile_seconds,
+            "allreduce_seconds": self.allreduce_seconds,
             "counts": dict(self.counts),
-            "last_stats": {k: v for k, v in self.last_stats.items() if k in ("loss", *STAT_FIELDS)},
+            "last_stats": {k: v for k, v in self.last_stats.items()
+                           if k in ("loss", "allreduce_bytes", *STAT_FIELDS)},
             "data_seed": self.batches.seed,
         }
 
@@ -384,4 +429,5 @@ class Trainer:
         # checkpoints written before warm-up accounting counted every step in wall_clock
         self.warmup_seconds = state.get("warmup_seconds", 0.0)
         self.compile_seconds = state.get("compile_seconds", 0.0)
+        self.allreduce_seconds = state.get("allreduce_seconds", 0.0)
         self.last_stats = dict(state["last_stats"])

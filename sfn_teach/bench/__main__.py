@@ -5,6 +5,8 @@
                                          [--set FIELD=VALUE ...]
     python -m sfn_teach.bench CONFIG [...]            (the same as ``run``)
     python -m sfn_teach.bench report DIR
+    python -m sfn_teach.bench tune CONFIG [--address ADDR] [--out DIR] [--resume] [--fast] [...]
+    torchrun --standalone --nproc-per-node N -m sfn_teach.bench run CONFIG [...]
 
 ``run`` validates the config (TOML or JSON) before training anything, trains every optimiser
 × seed into ``DIR`` (default ``runs/<config name>``, ``runs/<config name>-fast`` in fast mode)
@@ -15,6 +17,14 @@ interrupted run directory. ``--fast`` (or ``SFN_TEACH_FAST=1``) uses the config'
 value, else taken as a string); ``--device``, ``--data-dir`` and ``--cifar10-url`` are short for
 ``--set device=…``, ``--set data.dir=…`` and ``--set data.url=…``. ``report`` rewrites the
 table and figures of a run directory.
+
+Started by ``torchrun``, ``run`` trains each run data-parallel over the torchrun processes
+(NCCL on GPUs, one per process; gloo on CPUs): the config is checked against the job first
+(:func:`sfn_teach.bench.runner.data_parallel_config`), only rank 0 prints and writes.
+
+``tune`` tunes every optimiser of CONFIG with Ray Tune's ASHA and re-runs the best settings
+over seeds (:mod:`sfn_teach.bench.tune`; ``--address`` or ``RAY_ADDRESS`` attaches to a Ray
+cluster, else Ray starts in this process).
 Exit status: 0 done, 2 bad config, 1 another error, 130 interrupted.
 """
 
@@ -23,15 +33,41 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ..checkpoint import CheckpointError
 from ..cifar10 import CIFAR10Error
 from ..data import DataError
+from ..distributed import init_process_group, torchrun_launch
 from ..optim import NonFiniteStepError
 from .config import ConfigError, load_config, tomllib
-from .runner import fast_from_environment, report_benchmark, run_benchmark
+from .runner import data_parallel_config, fast_from_environment, report_benchmark, run_benchmark
+from .tune import ClusterError, RayNotInstalledError, tune_benchmark
 
-COMMANDS = ("run", "report")
+COMMANDS = ("run", "report", "tune")
+
+
+def add_config_arguments(command, out_help, resume_help):
+    """The arguments that ``run`` and ``tune`` share: the config, where to write, overrides."""
+    command.add_argument("config", type=Path, help="benchmark config (.toml or .json)")
+    command.add_argument("--out", type=Path, help=out_help)
+    command.add_argument("--resume", action="store_true", help=resume_help)
+    command.add_argument("--fast", action="store_true",
+                         help="tiny budget from the config's [fast] (and [tune.fast]) table "
+                         "(also SFN_TEACH_FAST=1)")
+    command.add_argument("--quiet", action="store_true", help="no progress output")
+    command.add_argument("--device", metavar="D",
+                         help="'cpu', 'cuda', 'cuda:N' or 'auto' (overrides the config's device)")
+    command.add_argument("--data-dir", metavar="DIR",
+                         help="the folder of the task's files (CIFAR-10: archive and cache; "
+                         "default $SFN_TEACH_DATA_DIR/cifar10 or data/cifar10); sets data.dir")
+    command.add_argument("--cifar10-url", metavar="URL",
+                         help="where to download the CIFAR-10 binary archive from (http(s)://, "
+                         "file:// or a path; default $SFN_TEACH_CIFAR10_URL or the authors' "
+                         "site); sets data.url")
+    command.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                         help="override a config field, e.g. data.generated=true or "
+                         "optimizers[1].lr=0.01 (repeatable)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -43,32 +79,26 @@ def make_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a benchmark config",
-                              description="Train every optimiser x seed of CONFIG and report.")
-    run.add_argument("config", type=Path, help="benchmark config (.toml or .json)")
-    run.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run directory from its checkpoints")
-    run.add_argument("--fast", action="store_true",
-                     help="tiny budget from the config's [fast] table (also SFN_TEACH_FAST=1)")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
+                              description="Train every optimiser x seed of CONFIG and report. "
+                              "Started by torchrun, each run is data-parallel over its "
+                              "processes.")
+    add_config_arguments(run, "run directory (default: runs/<config name>)",
+                         "continue an interrupted run directory from its checkpoints")
     run.add_argument("--threads", type=int, metavar="N",
                      help="torch CPU threads (torch.set_num_threads; default: torch's choice)")
-    run.add_argument("--device", metavar="D",
-                     help="'cpu', 'cuda', 'cuda:N' or 'auto' (overrides the config's device)")
-    run.add_argument("--data-dir", metavar="DIR",
-                     help="the folder of the task's files (CIFAR-10: archive and cache; "
-                     "default $SFN_TEACH_DATA_DIR/cifar10 or data/cifar10); sets data.dir")
-    run.add_argument("--cifar10-url", metavar="URL",
-                     help="where to download the CIFAR-10 binary archive from (http(s)://, "
-                     "file:// or a path; default $SFN_TEACH_CIFAR10_URL or the authors' site); "
-                     "sets data.url")
-    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                     help="override a config field, e.g. data.generated=true or "
-                     "optimizers[1].lr=0.01 (repeatable)")
     report = commands.add_parser("report", help="table and figures of a run directory",
                                  description="Write summary.md, summary.json and the figures "
                                  "of a run directory, and print the table.")
     report.add_argument("dir", type=Path, help="run directory made by 'run'")
+    tune = commands.add_parser("tune", help="tune every optimiser with Ray Tune's ASHA",
+                               description="Tune each optimiser of CONFIG with ASHA under the "
+                               "same budget (the [tune] table), re-run the best settings over "
+                               "seeds and report. Needs Ray Tune: pip install -e \".[tune]\".")
+    add_config_arguments(tune, "tuning directory (default: runs/<config name>-tune)",
+                         "continue an interrupted tuning (Ray Tune's restore)")
+    tune.add_argument("--address", metavar="ADDR",
+                      help="attach to this Ray cluster (HOST:PORT or ray://HOST:PORT; default "
+                      "$RAY_ADDRESS, else Ray starts in this process)")
     return parser
 
 
@@ -90,34 +120,60 @@ def overrides(args) -> dict:
     return fields
 
 
+def run(args, config, fast) -> None:
+    """``run``: the benchmark, data-parallel when torchrun started this process."""
+    launch = torchrun_launch()
+    if launch is not None:
+        config = data_parallel_config(config, launch)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads", f"must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = args.out or Path("runs") / (config.name + ("-fast" if fast else ""))
+    if not args.quiet and (launch is None or launch.rank == 0):
+        ranks = f" on {launch.size} data-parallel ranks" if launch else ""
+        print(f"benchmark {config.name} -> {out}{' (fast mode)' if fast else ''}{ranks}")
+    group = None if launch is None else init_process_group(config.device)
+    try:
+        run_benchmark(config, out, fast=fast, resume=args.resume, progress=not args.quiet,
+                      process_group=group)
+    finally:
+        if group is not None:
+            dist.destroy_process_group()
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")
     args = make_parser().parse_args(argv)
+    launch = torchrun_launch()
+
+    def say(line):  # under torchrun every rank fails alike: rank 0 says why, once
+        if launch is None or launch.rank == 0:
+            print(line, file=sys.stderr)
+
     try:
         if args.command == "report":
             report_benchmark(args.dir)
             return 0
         config = load_config(args.config, overrides(args))
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ConfigError("--threads", f"must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
         fast = args.fast or fast_from_environment()
-        out = args.out or Path("runs") / (config.name + ("-fast" if fast else ""))
-        if not args.quiet:
-            print(f"benchmark {config.name} -> {out}{' (fast mode)' if fast else ''}")
-        run_benchmark(config, out, fast=fast, resume=args.resume, progress=not args.quiet)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if args.command == "run":
+            run(args, config, fast)
+        else:
+            out = args.out or Path("runs") / f"{config.name}-tune{'-fast' if fast else ''}"
+            tune_benchmark(config, out, fast=fast, resume=args.resume, address=args.address,
+                           progress=not args.quiet)
+    except ConfigError as problem:
+        say(f"error: {problem}")
         return 2
     except (DataError, CIFAR10Error, CheckpointError, NonFiniteStepError, FileExistsError,
-            FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+            FileNotFoundError, RayNotInstalledError, ClusterError) as problem:
+        say(f"error: {problem}")
         return 1
     except KeyboardInterrupt:
-        print("interrupted: continue with --resume", file=sys.stderr)
+        say("interrupted: continue with --resume")
         return 130
     return 0
 

@@ -40,6 +40,9 @@ optimiser once on a dummy parameter, so the rules are the optimiser's own. Schem
     batch_size = 400             # optional override of train.batch_size
     lr = 1e-3                    # every other key is a hyperparameter of the optimiser
 
+    [tune]                       # settings of `bench tune`: read and validated by
+                                 # sfn_teach.bench.tune (not used by `bench run`)
+
 Fields can be overridden before validation by dotted paths (:func:`apply_overrides`, the
 CLI's ``--set``). The fields of :data:`LOCATION_FIELDS` say where verified data is found, not
 what is computed: a run directory may be resumed with other values for them.
@@ -60,6 +63,7 @@ import torch
 from ..data import DATASETS
 from ..device import Precision, resolve_device
 from ..models import MLP, count_parameters, resnet18_cifar
+from ..optim import CurvatureOptimizer
 from ..train import OPTIMIZERS, CostModel
 
 try:
@@ -72,7 +76,7 @@ DENSE_OPTIMIZERS = ("exact_sfn", "newton")
 MAX_DENSE_PARAMETERS = 5000  # the dense Hessian costs one HVP per parameter, every step
 SPLIT_NAMES = ("train", "val", "test")
 TOP_LEVEL = ("name", "task", "dtype", "device", "compile", "data", "model", "precision",
-             "train", "cost", "report", "fast", "optimizers")
+             "train", "cost", "report", "fast", "optimizers", "tune")
 FAST_DEFAULTS = {"steps": 4, "evals": 2}
 PRECISION_DEFAULTS = {"autocast": "none", "hvp": "fp32", "tf32": False, "hvp_tf32": False}
 WARMUP_STEPS = {"cuda": 2, "cpu": 0}  # default train.warmup_steps per device type
@@ -181,9 +185,17 @@ class OptimizerSpec:
     hyperparameters: dict
     slug: str  # the name as a directory name: lower case, runs of other characters -> '-'
 
-    def build(self, params):
-        """The optimiser over ``params``."""
-        return OPTIMIZERS[self.type](params, **self.hyperparameters)
+    def build(self, params, process_group=None):
+        """The optimiser over ``params``.
+
+        ``process_group`` (data parallelism) goes to a curvature optimiser, which averages its
+        gradient and products over the ranks itself; a ``torch.optim`` optimiser gets averaged
+        gradients from the trainer instead (:class:`sfn_teach.train.Trainer`).
+        """
+        optimizer_class = OPTIMIZERS[self.type]
+        if process_group is not None and issubclass(optimizer_class, CurvatureOptimizer):
+            return optimizer_class(params, **self.hyperparameters, process_group=process_group)
+        return optimizer_class(params, **self.hyperparameters)
 
 
 @dataclass(frozen=True)
@@ -273,6 +285,13 @@ def _field_in_message(error, keys, path):
     return f"{path}.{named[0]}" if named else path
 
 
+def hyperparameter_names(kind) -> list:
+    """The hyperparameters a config may set for optimiser type ``kind``: the arguments of its
+    constructor but ``params`` and ``process_group`` (set by the runner)."""
+    return [p for p in inspect.signature(OPTIMIZERS[kind]).parameters
+            if p not in ("params", "process_group")]
+
+
 def _check_optimizer(kind, hyperparameters, path):
     """Construct the optimiser once on a dummy parameter; name the culprit if it refuses.
 
@@ -350,7 +369,7 @@ def _optimizer(raw, i, default_batch_size, num_train):
         raise ConfigError(f"{path}.batch_size", "missing: set it here or in train.batch_size")
     _int(batch_size, f"{path}.batch_size", 1, num_train)
     hyperparameters = {k: v for k, v in raw.items() if k not in ("name", "type", "batch_size")}
-    valid = [p for p in inspect.signature(OPTIMIZERS[kind]).parameters if p != "params"]
+    valid = hyperparameter_names(kind)
     for key, value in hyperparameters.items():
         if key not in valid:
             raise ConfigError(f"{path}.{key}",

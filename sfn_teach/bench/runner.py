@@ -28,6 +28,10 @@ the last step); :meth:`sfn_teach.train.Trainer.record` plus the run's identity:
 ``rho``                                      the optimiser has no such quantity, at step 0)
 ``compiled``, ``compile_error``              whether steps run through ``torch.compile``;
                                              why it fell back to eager (else ``None``)
+``allreduce_bytes``, ``allreduce_seconds``,   data-parallel runs: bytes the optimiser
+``allreduce_share``                          all-reduced in the last step; seconds spent in
+                                             all-reduces during ``wall_clock``, and their
+                                             share of it (``None`` in one process)
 ==========================================  ==================================================
 
 ``on_record`` (of :func:`run_benchmark` and :func:`run_one`) receives each record once it is
@@ -43,6 +47,14 @@ checkpoint, see :mod:`sfn_teach.checkpoint`) loses no record and duplicates none
 finished when its checkpoint is at the last step; finished runs are skipped on resume. (For
 the tests, the fault point ``"record"`` of :func:`sfn_teach.checkpoint.fault_point` lies
 between a durable record and its checkpoint.)
+
+**Data parallelism** (``torchrun --nproc-per-node P -m sfn_teach.bench run CONFIG``). Every rank
+runs the same benchmark with ``process_group`` set: the same seeds, the same global batches, of
+which it trains on its shard (:class:`sfn_teach.train.Trainer`); BatchNorm layers become
+:class:`sfn_teach.distributed.SyncBatchNorm`. Only rank 0 writes the run directory (config,
+records, checkpoints, report); every rank loads the same checkpoint on resume, and a barrier
+keeps rank 0 from writing before all ranks have read it. :func:`data_parallel_config` checks a
+config against the torchrun job before anything starts.
 """
 
 from __future__ import annotations
@@ -50,14 +62,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ..checkpoint import CheckpointError, fault_point, load_latest_checkpoint, save_checkpoint
 from ..data import DATASETS
 from ..device import configure_backends
+from ..distributed import Launch, convert_sync_batchnorm, rank, world_size
 from ..train import Trainer, seed_everything
 from .config import (
     LOCATION_FIELDS,
@@ -142,15 +156,19 @@ def _differences(stored: dict, current: dict) -> list[str]:
             and old.get(field) != new.get(field)]
 
 
-def _prepare(out_dir: Path, config: BenchmarkConfig, fast: bool, resume: bool) -> None:
+def prepare_run_dir(out_dir, config: BenchmarkConfig, fast: bool, resume: bool,
+                    process_group=None) -> None:
     """Create ``out_dir`` with its ``config.json``, or check it matches when resuming.
 
     The fields of :data:`~sfn_teach.bench.config.LOCATION_FIELDS` may differ (where the
-    verified data is found); the ``config.json`` of the first run is kept.
+    verified data is found); the ``config.json`` of the first run is kept. Data-parallel, every
+    rank checks and rank 0 writes, after all have checked.
     """
+    out_dir = Path(out_dir)
     stored = {"config": config.raw, "name": config.name, "fast": fast}
     path = out_dir / CONFIG_FILE
-    if path.exists():
+    exists = path.exists()
+    if exists:
         if not resume:
             raise FileExistsError(
                 f"{out_dir} already holds a benchmark; pass --resume (resume=True) to continue "
@@ -164,32 +182,43 @@ def _prepare(out_dir: Path, config: BenchmarkConfig, fast: bool, resume: bool) -
                 f"with the same one, or choose another output folder. Differences: "
                 f"{'; '.join(differences)}"
             )
+    if process_group is not None:
+        dist.barrier(process_group)
+    if exists or rank(process_group) != 0:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     stored["machine"] = machine_description(config.device)
+    if process_group is not None:
+        stored["machine"] += (f", data-parallel over {world_size(process_group)} ranks "
+                              f"({dist.get_backend(process_group)})")
     path.write_text(json.dumps(stored, indent=2) + "\n")
 
 
 def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=False,
-            progress=True, log=print, on_record=None) -> list[dict]:
+            progress=True, log=print, on_record=None, process_group=None) -> list[dict]:
     """Train one ``(optimiser, seed)`` run into ``run_dir``; return all its records.
 
     ``dataset`` is :func:`load_dataset` ``(config)``, loaded once for all runs. Seeds every
     generator with ``seed`` and builds the model and optimiser; with ``resume``,
     continues from the newest good checkpoint in ``run_dir`` (saying so if it had to skip a
     corrupt one), else starts afresh. ``on_record(record)`` is called after each record is
-    durable and checkpointed (live plots, a tuner's report).
+    durable and checkpointed (live plots, a tuner's report). With ``process_group`` the run is
+    data-parallel (module docstring): rank 0 writes and calls ``on_record``, all ranks return
+    the records once they are written.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = rank(process_group) == 0
     records_path, checkpoint_path = run_dir / RECORDS_FILE, run_dir / CHECKPOINT_FILE
     configure_backends(config.device)
     seed_everything(seed)
     model = build_model(config)
-    trainer = Trainer(model, spec.build(model.parameters()), dataset, spec.batch_size, seed,
-                      cost=config.cost, eval_batch_size=config.eval_batch_size,
-                      precision=config.precision, compile=config.compile,
-                      warmup_steps=config.warmup_steps)
+    if process_group is not None:
+        model = convert_sync_batchnorm(model)
+    trainer = Trainer(model, spec.build(model.parameters(), process_group), dataset,
+                      spec.batch_size, seed, cost=config.cost,
+                      eval_batch_size=config.eval_batch_size, precision=config.precision,
+                      compile=config.compile, warmup_steps=config.warmup_steps,
+                      process_group=process_group)
     num_steps, identity = config.num_steps(spec), {"run_id": run_id(spec, seed),
                                                     "optimizer": spec.name, "seed": seed}
     if resume:
@@ -198,9 +227,17 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
             log(f"warning: {problem}; resuming from the previous checkpoint {used} instead")
         if state is not None:
             trainer.load_state_dict(state)
-    truncate_records(records_path, trainer.num_records)
+    if process_group is not None:
+        dist.barrier(process_group)  # every rank has read the checkpoint before rank 0 writes
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        truncate_records(records_path, trainer.num_records)
     if trainer.step >= num_steps:
         log(f"{identity['run_id']}: already finished ({num_steps} steps)")
+        return read_records(records_path)
+    if not writer:
+        trainer.run(num_steps, config.eval_every(spec), progress=False)
+        dist.barrier(process_group)  # rank 0 has written the last record
         return read_records(records_path)
 
     with open(records_path, "a") as records:
@@ -218,6 +255,8 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
         trainer.run(num_steps, config.eval_every(spec), write, progress, identity["run_id"])
     if trainer.compile_error:
         log(f"    torch.compile fell back to the eager model: {trainer.compile_error}")
+    if process_group is not None:
+        dist.barrier(process_group)
     return read_records(records_path)
 
 
@@ -236,7 +275,7 @@ def read_records(path) -> list[dict]:
 
 
 def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, log=print,
-                  on_record=None):
+                  on_record=None, process_group=None):
     """Run every ``(optimiser, seed)`` of ``config`` into ``out_dir``, then write the report.
 
     Args:
@@ -248,17 +287,21 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
         progress: tqdm bars and ``log`` lines; ``False`` is silent.
         log: where progress lines go (``print``).
         on_record: called with every record once it is durable.
+        process_group: run data-parallel over this ``torch.distributed`` group, one process
+            per rank (module docstring; :func:`data_parallel_config` checks the config).
 
     The config is validated before anything is trained. Returns the
-    :class:`BenchmarkResult` (records and summary) after writing the report.
+    :class:`BenchmarkResult` (records and summary) after writing the report; on the ranks
+    other than 0 of a data-parallel run, which write nothing, ``None``.
     """
     config = as_config(config)
     fast = fast_from_environment() if fast is None else fast
-    log = log if progress else (lambda message: None)
+    writer = rank(process_group) == 0
+    log = log if progress and writer else (lambda message: None)
     if fast:
         config = config.fast_version()
     out_dir = Path(out_dir)
-    _prepare(out_dir, config, fast, resume)
+    prepare_run_dir(out_dir, config, fast, resume, process_group)
     log(f"{config.task} on {config.device}; {config.precision.describe(config.device)}"
         f"{'; torch.compile on' if config.compile else ''}")
     dataset = load_dataset(config, progress)
@@ -267,11 +310,43 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
         log(f"[{index}/{len(runs)}] {spec.name}, seed {seed}: {config.num_steps(spec)} steps "
             f"of batch {spec.batch_size}")
         records = run_one(config, spec, seed, dataset, out_dir / run_id(spec, seed),
-                          resume=resume, progress=progress, log=log, on_record=on_record)
+                          resume=resume, progress=progress and writer, log=log,
+                          on_record=on_record, process_group=process_group)
         last = records[-1]
         log(f"    test loss {last['test_loss']:.4g}, test accuracy {last['test_accuracy']:.3f}, "
             f"{last['wall_clock']:.2f} s, {last['grad_equivalents']:.0f} gradient-equivalents")
-    return report_benchmark(out_dir, log=log)
+        if last.get("allreduce_bytes") is not None:
+            log(f"    all-reduce: {last['allreduce_bytes']:,} bytes per step, "
+                f"{last['allreduce_share']:.1%} of the training time")
+    return report_benchmark(out_dir, log=log) if writer else None
+
+
+def data_parallel_config(config: BenchmarkConfig, launch: Launch) -> BenchmarkConfig:
+    """The config of one rank of the torchrun job ``launch``, checked before anything starts.
+
+    Every optimiser's (global) batch size must be divisible by the number of ranks. A CUDA
+    config runs each rank on ``cuda:LOCAL_RANK`` with NCCL, so it must say ``device = "cuda"``
+    (or ``"auto"``), not one GPU, and the machine needs a GPU per local rank. Raises
+    :class:`ConfigError` naming the field; returns the config on this rank's device.
+    """
+    for i, spec in enumerate(config.optimizers):
+        if spec.batch_size % launch.size:
+            field = (f"optimizers[{i}].batch_size" if "batch_size" in config.raw["optimizers"][i]
+                     else "train.batch_size")
+            raise ConfigError(field, f"{spec.batch_size} (of {spec.name}) must be divisible by "
+                              f"the number of torchrun processes, {launch.size}, so that every "
+                              "rank gets an equal shard of each batch")
+    if config.device.type != "cuda":
+        return config
+    if config.device.index is not None:
+        raise ConfigError("device", f"{str(config.device)!r} names one GPU, but under torchrun "
+                          "each rank uses its own (cuda:LOCAL_RANK): set device = 'cuda'")
+    available = torch.cuda.device_count()
+    if launch.local_size > available:
+        raise ConfigError("device", f"torchrun starts {launch.local_size} processes on this "
+                          f"machine, but it has {available} GPU(s) and NCCL needs one per "
+                          f"process: use --nproc-per-node {available} or fewer")
+    return replace(config, device=torch.device("cuda", launch.local_rank))
 
 
 def load_benchmark(out_dir):
