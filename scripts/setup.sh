@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install sfn-teach with its dev tools into it.
+# Create .venv (if missing) and install sfn-teach with its dev tools and Ray Tune into it.
 # Sourced by scripts/lab.sh and scripts/test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,10 +21,11 @@ if ! python -c 'import torch' 2>/dev/null; then
     echo "installing ${SFN_TEACH_TORCH:-torch==2.13.0} ..."
     pip_quiet "${SFN_TEACH_TORCH:-torch==2.13.0}"
 fi
-if ! python -c 'import sfn_teach, pytest, nbclient, playwright, mpmath' 2>/dev/null \
+# The tune extra (Ray Tune) too: the test suite runs `bench tune`.
+if ! python -c 'import sfn_teach, pytest, nbclient, playwright, mpmath, ray.tune' 2>/dev/null \
         || [ pyproject.toml -nt .venv/.sfn-teach-installed ]; then
     echo "installing sfn-teach and its dependencies into .venv ..."
-    pip_quiet -e ".[dev]"
+    pip_quiet -e ".[dev,tune]"
     touch .venv/.sfn-teach-installed
 fi
 

@@ -32,7 +32,9 @@ def environment_pip_requirements():
 
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     project = pyproject()["project"]
-    expected = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    assert set(extras) == {"dev", "tune"}  # a new extra: decide whether environment.yml has it
+    expected = set(project["dependencies"]) | set(extras["dev"]) | set(extras["tune"])
     listed = set(environment_pip_requirements()) - {"-e ."}
     assert listed == expected, (
         f"only in environment.yml: {sorted(listed - expected)}; "
@@ -54,6 +56,7 @@ def test_ci_runs_the_readme_test_command():
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert "torch==2.13.0" in setup  # CI must never pull a CUDA build
+    assert '-e ".[dev,tune]"' in setup  # the test suite runs `bench tune`
     assert "ruff check" in (ROOT / "scripts" / "test.sh").read_text()
 
 

@@ -379,21 +379,37 @@ class TuneSettings:
                 f"{self.reeval_seeds} seed{'s' if self.reeval_seeds > 1 else ''}")
 
 
+def _budget(table: dict, prefix: str) -> dict:
+    """The budget fields (those of ``[tune.fast]``) of ``table``, checked, naming
+    ``<prefix>.<field>``."""
+    budget = {
+        "num_samples": _int(table["num_samples"], f"{prefix}.num_samples", 1),
+        "time_budget": _positive_number(table["time_budget"], f"{prefix}.time_budget"),
+        "grace_period": _positive_number(table["grace_period"], f"{prefix}.grace_period"),
+        "reeval_seeds": _int(table["reeval_seeds"], f"{prefix}.reeval_seeds", 1),
+    }
+    if budget["grace_period"] > budget["time_budget"]:
+        raise ConfigError(f"{prefix}.grace_period", f"must be at most the time budget "
+                          f"{budget['time_budget']:g} s, got {budget['grace_period']:g}")
+    return budget
+
+
 def tune_settings(config, fast: bool = False) -> TuneSettings:
     """The :class:`TuneSettings` of ``config``'s ``[tune]`` table (``[tune.fast]`` applied when
     ``fast``); raises :class:`ConfigError` naming the first bad field."""
     config = as_config(config)
     raw = _table(config.raw.get("tune", {}), "tune", (*SETTINGS, "fast", "space"))
-    fast_table = _table(raw.get("fast", {}), "tune.fast", tuple(FAST_SETTINGS))
     fields = {**SETTINGS, **{k: v for k, v in raw.items() if k not in ("fast", "space")}}
-    if fast:
-        fields.update({**FAST_SETTINGS, **fast_table})
-    prefix = {key: f"tune.fast.{key}" if fast and key in FAST_SETTINGS else f"tune.{key}"
-              for key in SETTINGS}
+    budgets = {False: _budget(fields, "tune"),
+               True: _budget({**FAST_SETTINGS, **_table(raw.get("fast", {}), "tune.fast",
+                                                        tuple(FAST_SETTINGS))}, "tune.fast")}
     split = fields["metric_split"]
     if split not in ("val", "train"):
         raise ConfigError("tune.metric_split", f"must be 'val' or 'train' (tuning on the test "
                           f"set would report what was selected on), got {split!r}")
+    reduction_factor = _positive_number(fields["reduction_factor"], "tune.reduction_factor")
+    if reduction_factor <= 1:
+        raise ConfigError("tune.reduction_factor", f"must be > 1, got {reduction_factor:g}")
     cuda = config.device.type == "cuda"
     gpus = fields["gpus_per_trial"]
     gpus = int(cuda) if gpus is None else _int(gpus, "tune.gpus_per_trial", 0)
@@ -404,30 +420,19 @@ def tune_settings(config, fast: bool = False) -> TuneSettings:
         raise ConfigError("device", f"{str(config.device)!r} names one GPU, but Ray Tune gives "
                           "each trial its own: set device = 'cuda'")
     concurrent = fields["max_concurrent_trials"]
-    settings = TuneSettings(
+    spaces = _table(raw.get("space", {}), "tune.space", [s.name for s in config.optimizers])
+    return TuneSettings(
         metric_split=split,
-        num_samples=_int(fields["num_samples"], prefix["num_samples"], 1),
-        time_budget=_positive_number(fields["time_budget"], prefix["time_budget"]),
-        grace_period=_positive_number(fields["grace_period"], prefix["grace_period"]),
-        reduction_factor=_positive_number(fields["reduction_factor"], "tune.reduction_factor"),
+        **budgets[fast],
+        reduction_factor=reduction_factor,
         seed=_int(fields["seed"], "tune.seed", 0, 2**31 - 1),
-        reeval_seeds=_int(fields["reeval_seeds"], prefix["reeval_seeds"], 1),
         cpus_per_trial=_int(fields["cpus_per_trial"], "tune.cpus_per_trial", 1),
         gpus_per_trial=gpus,
         max_concurrent_trials=None if concurrent is None else _int(
             concurrent, "tune.max_concurrent_trials", 1),
-        spaces={},
+        spaces={spec.name: _space(config, index, spaces.get(spec.name, {}))
+                for index, spec in enumerate(config.optimizers)},
     )
-    if settings.grace_period > settings.time_budget:
-        raise ConfigError(prefix["grace_period"], f"must be at most the time budget "
-                          f"{settings.time_budget:g} s, got {settings.grace_period:g}")
-    if settings.reduction_factor <= 1:
-        raise ConfigError("tune.reduction_factor", f"must be > 1, got "
-                          f"{settings.reduction_factor:g}")
-    spaces = _table(raw.get("space", {}), "tune.space", [s.name for s in config.optimizers])
-    settings.spaces.update({spec.name: _space(config, index, spaces.get(spec.name, {}))
-                            for index, spec in enumerate(config.optimizers)})
-    return settings
 
 
 # --------------------------------------------------------------------------------------------
