@@ -11,11 +11,20 @@ optimiser does it itself (:class:`RankAveragedOperator`), since the products are
 ``.backward()`` calls that DistributedDataParallel's hooks could see. Each all-reduce sends one
 flat tensor (the loss and the gradient travel together).
 
+A ``torch.optim`` optimiser steps on ``p.grad`` after ``backward``: :class:`GradientMean`
+averages all gradients (and the loss) over the ranks with one all-reduce of one flat tensor per
+step. :class:`RankMean` meters every all-reduce (bytes, seconds).
+
 BatchNorm couples the shards through the batch statistics. :class:`SyncBatchNorm` computes
 them over all ranks with a *differentiable* all-reduce, so that gradients and Hessian-vector
 products of the whole-batch loss come out right (torch's own ``nn.SyncBatchNorm`` runs only on
 GPUs and its backward is not differentiable twice). With it, or without BatchNorm, an update
 on ``P`` ranks equals the single-process update on the whole batch up to rounding.
+
+One run over several processes is started by ``torchrun``: :func:`torchrun_launch` reads where
+this process sits from the environment torchrun sets, and :func:`init_process_group` joins the
+job (NCCL on GPUs, one per process; gloo on CPUs). The benchmark runner builds on these
+(:mod:`sfn_teach.bench.runner`).
 """
 
 from __future__ import annotations

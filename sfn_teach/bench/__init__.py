@@ -13,14 +13,21 @@ From Python (e.g. a notebook)::
     records = run_one(config, config.optimizers[0], 0, load_dataset(config), "runs/x",
                       on_record=report)
 
-``run_benchmark(config, out_dir, *, fast, resume, progress, log, on_record)`` takes a config
-file, a raw dict or a validated config; the fields of a record are listed in
+``run_benchmark(config, out_dir, *, fast, resume, progress, log, on_record, process_group)``
+takes a config file, a raw dict or a validated config; the fields of a record are listed in
 :mod:`sfn_teach.bench.runner`.
 
-From the shell: ``python -m sfn_teach.bench --help`` (:mod:`sfn_teach.bench.__main__`).
+    # the paper's tuning protocol: ASHA on Ray Tune for every optimiser, the bests re-run
+    tuning = tune_benchmark("benchmarks/digits_tune.toml", "runs/digits_tune", fast=True)
+    print(tuning.table)                        # how the trials ended, the best settings
+    plot_asha(tuning)                          # which trials ASHA stopped, and when
+
+From the shell: ``python -m sfn_teach.bench --help`` (:mod:`sfn_teach.bench.__main__`); one
+run data-parallel: ``torchrun --standalone --nproc-per-node N -m sfn_teach.bench run CONFIG``.
 
 Modules: :mod:`.config` (reading and validating configs), :mod:`.runner` (the run directory,
-training with checkpoints and resume), :mod:`.report` (table and figures from records).
+training with checkpoints and resume, data parallelism), :mod:`.report` (table and figures
+from records), :mod:`.tune` (tuning with Ray Tune, an optional dependency).
 """
 
 from .config import (
@@ -46,11 +53,20 @@ from .runner import (
     run_id,
     run_one,
 )
+from .tune import (
+    RayNotInstalledError,
+    TuneResult,
+    load_tuning,
+    plot_asha,
+    tune_benchmark,
+    tune_settings,
+)
 
 __all__ = [
     "DTYPES", "MODELS", "BenchmarkConfig", "BenchmarkResult", "ConfigError", "OptimizerSpec",
-    "apply_overrides", "build_model", "format_table", "load_benchmark", "load_config",
-    "load_dataset", "plot_curves", "plot_optimizer_stats", "read_config", "read_records",
-    "report_benchmark", "run_benchmark", "run_id", "run_one", "summarise", "validate_config",
+    "RayNotInstalledError", "TuneResult", "apply_overrides", "build_model", "format_table",
+    "load_benchmark", "load_config", "load_dataset", "load_tuning", "plot_asha", "plot_curves",
+    "plot_optimizer_stats", "read_config", "read_records", "report_benchmark", "run_benchmark",
+    "run_id", "run_one", "summarise", "tune_benchmark", "tune_settings", "validate_config",
     "write_report",
 ]

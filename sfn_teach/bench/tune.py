@@ -99,6 +99,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from ..data import DATASETS
@@ -669,6 +670,7 @@ def _tune_optimizer(tune, config, index, settings, out_dir: Path, resume: bool):
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True)
     else:
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
         from ray.tune.schedulers import ASHAScheduler
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -678,8 +680,6 @@ def _tune_optimizer(tune, config, index, settings, out_dir: Path, resume: bool):
         scheduler = ASHAScheduler(time_attr="wall_clock", max_t=settings.time_budget,
                                   grace_period=settings.grace_period,
                                   reduction_factor=settings.reduction_factor)
-        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
@@ -849,6 +849,7 @@ def plot_asha(result: TuneResult) -> Figure:
         ax.set_xlabel("training time (s)")
         ax.set_ylabel(settings.metric.replace("_", " "))
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())  # no crowded minor labels
         ax.grid(alpha=0.3)
     axes[0].legend(handles=[
         Line2D([], [], color="0.6", marker="x", label="stopped early by ASHA"),
@@ -871,6 +872,8 @@ def write_tuning_report(result: TuneResult) -> None:
                  f"Median [min–max] over seeds ({out_dir.name}/best).\n\n{table}\n")
     (out_dir / "tune.md").write_text(
         f"# Tuning {result.config.name}\n\nBudget of every optimiser: {settings.budget()}."
-        f"\nTimes are training time, measured on {machine}.\n\n"
+        f"\nTimes are training time, measured on {machine} (trials with "
+        f"{settings.cpus_per_trial} CPU thread{'s' if settings.cpus_per_trial > 1 else ''} "
+        "each).\n\n"
         f"{result.table}\n{rerun}\n![ASHA rungs](asha.png)\n")
     plot_asha(result).savefig(out_dir / "asha.png", dpi=110)
