@@ -717,7 +717,8 @@ def tune_benchmark(config, out_dir, *, fast=None, resume=False, address=None, pr
         log: where progress lines go.
 
     Everything is validated, the Ray address checked and one trial's resources compared with
-    what there is, before any trial starts. Returns the :class:`TuneResult`.
+    what there is before anything is written or any trial starts. Returns the
+    :class:`TuneResult`.
     """
     config = as_config(config)
     fast = fast_from_environment() if fast is None else fast
@@ -733,12 +734,12 @@ def tune_benchmark(config, out_dir, *, fast=None, resume=False, address=None, pr
                                    "GPU": torch.cuda.device_count()}, "this machine")
     else:
         check_reachable(address, source)
-    prepare_run_dir(out_dir, config, fast, resume)
-    log(f"tuning {config.name} -> {out_dir}{' (fast mode)' if fast else ''}")
-    log(f"budget of every optimiser: {settings.budget()}")
     started = _connect(ray, settings, address, source)
     trials = []
     try:
+        prepare_run_dir(out_dir, config, fast, resume)
+        log(f"tuning {config.name} -> {out_dir}{' (fast mode)' if fast else ''}")
+        log(f"budget of every optimiser: {settings.budget()}")
         for index, spec in enumerate(config.optimizers):
             space = "; ".join(f"{name} ~ {d.describe()}"
                               for name, d in settings.spaces[spec.name].items())
