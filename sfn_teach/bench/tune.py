@@ -642,9 +642,9 @@ def _connect(ray, settings: TuneSettings, address: str | None, source: str | Non
     if ray.is_initialized():
         check_resources(settings, ray.cluster_resources(), "the running Ray instance")
         return False
-    if address is None:
-        ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(),
-                 include_dashboard=False, **quiet)
+    if address is None:  # "local": a new instance, even if `ray start` runs one on this machine
+        ray.init(address="local", num_cpus=os.cpu_count() or 1,
+                 num_gpus=torch.cuda.device_count(), include_dashboard=False, **quiet)
         return True
     try:
         ray.init(address=address, **quiet)
