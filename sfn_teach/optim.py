@@ -294,7 +294,8 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             return self._skip("update", loss, state, hp)
 
         self._add_to_params(params, -update)
-        model_decrease = 0.5 * (alpha**2 * g_dir + 2 * alpha * mu * g_prev + mu**2 * q) - (
+        # products, not **2: a float power raises OverflowError where a product gives inf
+        model_decrease = 0.5 * (alpha * alpha * g_dir + 2 * alpha * mu * g_prev + mu * mu * q) - (
             alpha * g_dir + mu * g_prev
         )
         rho = None

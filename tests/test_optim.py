@@ -412,3 +412,11 @@ def test_dense_backend_refuses_large_problems():
     theta = torch.nn.Parameter(torch.zeros(DENSE_MAX_DIM + 1))
     with pytest.raises(ValueError, match="DENSE_MAX_DIM"):
         ParamsHVP(lambda: (theta**2).sum(), [theta], backend="dense")
+
+
+def test_astronomical_learning_rate_never_raises_an_overflow():
+    theta = torch.nn.Parameter(torch.tensor([1e-170, 2e-170]))
+    optimizer = SeriesSFN([theta], lr=1e160, num_terms=3, damping_factor=0.9, scale=10.0)
+    optimizer.step(lambda: (theta**2).sum())  # α² overflows a Python float power
+    assert torch.isfinite(theta).all()
+    assert optimizer.stats["damping"] >= 1e-4  # the model promised nothing: λ did not shrink
