@@ -176,6 +176,11 @@ plt.show()
 #   (or shows a finished one). Interrupt the kernel to stop a run.
 # * On a GPU node the same run works from the command line, e.g.
 #   `python -m sfn_teach.bench run benchmarks/cifar10_resnet18_quick.toml --resume`.
+# * SeriesSFN may warn in its first steps that *the series is diverging*. That is the paper's
+#   scale rule at work: $V_t = \max(V_{t-1}, \|H^2 g\|/\|g\|)$ starts at $V_0 = 100$ and only
+#   bounds $\lambda_{\max}(H^2)$ from below, so an early step can overshoot; the
+#   Levenberg–Marquardt damping and the growing $V$ recover within a few steps (DESIGN.md §4).
+#   The warning says so rather than hiding it.
 
 # %%
 budget = "epochs" if "epochs" in config["train"] else "steps"
