@@ -53,7 +53,6 @@ from .hvp import PARAMS_BACKENDS, ParamsHVP, power_iteration
 from .series import KINDS, exact_sfn_direction, sfn_series
 
 SCALE_RULES = ("lower_bound", "power", "fixed")
-HVP_BACKENDS = PARAMS_BACKENDS
 
 
 class NonFiniteStepError(ValueError):
@@ -453,7 +452,7 @@ class SeriesSFN(CurvatureOptimizer):
         _choice("scale_rule", hp["scale_rule"], SCALE_RULES)
         _flag("sablonniere", hp["sablonniere"])
         _choice("kind", hp["kind"], KINDS)
-        _choice("hvp_backend", hp["hvp_backend"], HVP_BACKENDS)
+        _choice("hvp_backend", hp["hvp_backend"], PARAMS_BACKENDS)
         _integer("power_iterations", hp["power_iterations"], 1)
         hp["scale_safety"] = _real("scale_safety", hp["scale_safety"], 1.0)
 
