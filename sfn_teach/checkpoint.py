@@ -6,20 +6,22 @@ weights_only=True)``, so it may hold only tensors, numbers, strings, ``None`` an
 tuples and dicts of those (no pickled objects, nothing executed on load). A truncated or
 damaged file fails the digest and raises :class:`CheckpointError`; it is never used.
 
-**Atomic writes.** :func:`save_checkpoint` writes to a temporary file in the same folder,
-flushes and ``fsync``\\ s it, moves the previous checkpoint to ``<name>.prev`` and renames the
-temporary file into place with :func:`os.replace` (atomic on POSIX), then ``fsync``\\ s the
-folder. Killed at any moment, the folder holds the new checkpoint, or the old one, or (between
-the two renames) only ``<name>.prev``: :func:`load_latest_checkpoint` takes the newest good one
-of the two and says when it had to fall back.
+**Atomic writes.** :func:`write_atomically` writes to a temporary file in the same folder,
+flushes and ``fsync``\\ s it, renames it into place with :func:`os.replace` (atomic on POSIX),
+then ``fsync``\\ s the folder: killed at any moment, it leaves the old file or the new one,
+never a part of one. :func:`save_checkpoint` writes with it and first moves the previous
+checkpoint to ``<name>.prev``, so that (between the two renames) the folder may hold only
+``<name>.prev``: :func:`load_latest_checkpoint` takes the newest good one of the two and says
+when it had to fall back.
 
 **Random state.** :func:`rng_state` captures the generators of torch (CPU, and CUDA where it is
 in use), NumPy's legacy global generator and Python's :mod:`random` as tensors and numbers, and
 :func:`set_rng_state` restores them.
 
 **Fault injection for tests.** With ``SFN_TEACH_KILL_AT=NAME:N`` in the environment, the
-process sends itself SIGKILL the ``N``-th time it reaches :func:`fault_point` ``(NAME)``; the
-writer above has the point ``"checkpoint-write"`` half-way through the temporary file.
+process sends itself SIGKILL the ``N``-th time it reaches :func:`fault_point` ``(NAME)``;
+:func:`write_atomically` has the point its caller names half-way through the temporary file
+(``"checkpoint-write"`` for :func:`save_checkpoint`).
 """
 
 from __future__ import annotations
@@ -72,29 +74,41 @@ def previous_path(path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
-def save_checkpoint(obj, path) -> None:
-    """Write ``obj`` (tensors, numbers, strings, containers) to ``path`` atomically.
+def write_atomically(path, data: bytes, fault_name: str, keep_previous: bool = False) -> None:
+    """Replace the file ``path`` by ``data`` so that a kill at any moment leaves either file.
 
-    The bytes are ``torch.save(obj)`` plus their SHA-256; the former checkpoint, if any,
-    becomes ``<path>.prev``.
+    ``data`` goes to the temporary file ``.<name>.tmp`` in the same folder, which is flushed,
+    ``fsync``\\ ed and renamed to ``path``; then the folder is ``fsync``\\ ed. With
+    ``keep_previous`` the file that was at ``path`` is first renamed to ``<path>.prev``.
+    Half-way through the temporary file lies the fault point ``fault_name``
+    (:func:`fault_point`).
     """
     path = Path(path)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    payload = buffer.getvalue()
-    data = payload + hashlib.sha256(payload).digest()
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as f:
         f.write(data[: len(data) // 2])
         f.flush()
-        fault_point("checkpoint-write")
+        fault_point(fault_name)
         f.write(data[len(data) // 2 :])
         f.flush()
         os.fsync(f.fileno())
-    if path.exists():
+    if keep_previous and path.exists():
         os.replace(path, previous_path(path))
     os.replace(temporary, path)
     fsync_directory(path.parent)
+
+
+def save_checkpoint(obj, path) -> None:
+    """Write ``obj`` (tensors, numbers, strings, containers) to ``path`` atomically.
+
+    The bytes are ``torch.save(obj)`` plus their SHA-256; the former checkpoint, if any,
+    becomes ``<path>.prev``. The fault point is ``"checkpoint-write"``.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    write_atomically(path, payload + hashlib.sha256(payload).digest(), "checkpoint-write",
+                     keep_previous=True)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -116,12 +130,15 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {error}") from error
 
 
-def load_latest_checkpoint(path, map_location="cpu"):
+def load_latest_checkpoint(path, map_location="cpu", check=None):
     """The newest good checkpoint at ``path`` or ``<path>.prev``: ``(obj, path_used, notes)``.
 
-    ``notes`` lists what was wrong with a newer file that was skipped (empty when ``path``
-    itself was good). Returns ``(None, None, notes)`` when neither file exists; raises
-    :class:`CheckpointError` when a checkpoint exists but none is good.
+    A checkpoint is good when its digest matches and it loads, and then, if ``check`` is
+    given, when ``check(obj)`` does not raise :class:`CheckpointError` (a caller's test that
+    the checkpoint agrees with the files around it). ``notes`` lists what was wrong with a
+    newer file that was skipped (empty when ``path`` itself was good). Returns
+    ``(None, None, notes)`` when neither file exists; raises :class:`CheckpointError` when a
+    checkpoint exists but none is good.
     """
     notes, found = [], False
     for candidate in (Path(path), previous_path(path)):
@@ -129,9 +146,17 @@ def load_latest_checkpoint(path, map_location="cpu"):
             continue
         found = True
         try:
-            return load_checkpoint(candidate, map_location), candidate, notes
+            obj = load_checkpoint(candidate, map_location)
         except CheckpointError as error:
             notes.append(str(error))
+            continue
+        try:
+            if check is not None:
+                check(obj)
+        except CheckpointError as error:
+            notes.append(f"checkpoint {candidate} cannot be used: {error}")
+            continue
+        return obj, candidate, notes
     if found:
         raise CheckpointError("; ".join(notes) + "; no good checkpoint is left")
     return None, None, notes

@@ -175,7 +175,7 @@ def test_corrupt_checkpoint_is_reported_and_never_used(tmp_path):
     data = checkpoint.read_bytes()
     checkpoint.write_bytes(data[: len(data) // 2])  # truncated
     lines = []
-    run_benchmark(TINY, out, resume=True, log=lines.append)
+    run_benchmark(TINY, out, resume=True, warn=lines.append)
     assert any("checkpoint.pt is corrupt" in line and "previous checkpoint" in line
                for line in lines)
     assert without_wall_clock(load_benchmark(out)[1]) == without_wall_clock(records)

@@ -25,7 +25,12 @@ Started by ``torchrun``, ``run`` trains each run data-parallel over the torchrun
 ``tune`` tunes every optimiser of CONFIG with Ray Tune's ASHA and re-runs the best settings
 over seeds (:mod:`sfn_teach.bench.tune`; ``--address`` or ``RAY_ADDRESS`` attaches to a Ray
 cluster, else Ray starts in this process).
-Exit status: 0 done, 2 bad config, 1 another error, 130 interrupted.
+
+Exit status: 0 done; 2 a bad config (a field, or a config file that is missing, a folder, not
+UTF-8 or not TOML/JSON), before anything is written; 1 any other error (an output folder that
+cannot be written, a damaged run folder, missing data, a diverged run, ...); 130 interrupted.
+An error is one line on standard error, ``error: ...``, never a traceback. Warnings (a resume
+that had to skip a corrupt checkpoint) go to standard error too, also with ``--quiet``.
 """
 
 import argparse
@@ -41,7 +46,13 @@ from ..data import DataError
 from ..distributed import init_process_group, torchrun_launch
 from ..optim import NonFiniteStepError
 from .config import ConfigError, load_config, tomllib
-from .runner import data_parallel_config, fast_from_environment, report_benchmark, run_benchmark
+from .runner import (
+    RunDirectoryError,
+    data_parallel_config,
+    fast_from_environment,
+    report_benchmark,
+    run_benchmark,
+)
 from .tune import ClusterError, RayNotInstalledError, tune_benchmark
 
 COMMANDS = ("run", "report", "tune")
@@ -168,8 +179,8 @@ def main(argv=None) -> int:
     except ConfigError as problem:
         say(f"error: {problem}")
         return 2
-    except (DataError, CIFAR10Error, CheckpointError, NonFiniteStepError, FileExistsError,
-            FileNotFoundError, RayNotInstalledError, ClusterError) as problem:
+    except (DataError, CIFAR10Error, CheckpointError, RunDirectoryError, NonFiniteStepError,
+            RayNotInstalledError, ClusterError, OSError) as problem:
         say(f"error: {problem}")
         return 1
     except KeyboardInterrupt:

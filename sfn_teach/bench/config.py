@@ -62,6 +62,7 @@ import torch
 
 from ..data import DATASETS
 from ..device import Precision, resolve_device
+from ..hvp import DENSE_MAX_DIM
 from ..models import MLP, count_parameters, resnet18_cifar
 from ..optim import CurvatureOptimizer
 from ..train import OPTIMIZERS, CostModel
@@ -72,8 +73,7 @@ except ModuleNotFoundError:  # Python 3.10: the backport, a dependency there
     import tomli as tomllib
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-DENSE_OPTIMIZERS = ("exact_sfn", "newton")
-MAX_DENSE_PARAMETERS = 5000  # the dense Hessian costs one HVP per parameter, every step
+DENSE_OPTIMIZERS = ("exact_sfn", "newton")  # they form the Hessian: DENSE_MAX_DIM parameters
 SPLIT_NAMES = ("train", "val", "test")
 TOP_LEVEL = ("name", "task", "dtype", "device", "compile", "data", "model", "precision",
              "train", "cost", "report", "fast", "optimizers", "tune")
@@ -450,10 +450,10 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
             raise ConfigError(f"optimizers[{i}].name", f"{spec.name!r} is not unique (names "
                                                        "must differ in letters or digits)")
     for i, spec in enumerate(optimizers):
-        if spec.type in DENSE_OPTIMIZERS and num_parameters > MAX_DENSE_PARAMETERS:
+        if spec.type in DENSE_OPTIMIZERS and num_parameters > DENSE_MAX_DIM:
             raise ConfigError(f"optimizers[{i}].type", f"{spec.type} forms the dense Hessian, "
                               f"but the model has {num_parameters} parameters (at most "
-                              f"{MAX_DENSE_PARAMETERS})")
+                              f"sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM})")
 
     return BenchmarkConfig(
         name=name, task=task, data=data, sizes=sizes, dtype=dtype, device=device,
@@ -468,19 +468,25 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
 def read_config(path) -> dict:
     """The raw contents of a ``.toml`` or ``.json`` config file (not validated yet)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("file", f"{path} is a folder, not a config file")
     if not path.is_file():
         raise ConfigError("file", f"{path} does not exist")
+    if path.suffix not in (".toml", ".json"):
+        raise ConfigError("file", f"{path} must end in .toml or .json")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError("file", f"{path} is not UTF-8 text: {error}") from None
     if path.suffix == ".json":
         try:
-            return json.loads(path.read_text())
+            return json.loads(text)
         except json.JSONDecodeError as error:
             raise ConfigError("file", f"{path} is not valid JSON: {error}") from None
-    if path.suffix == ".toml":
-        try:
-            return tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError("file", f"{path} is not valid TOML: {error}") from None
-    raise ConfigError("file", f"{path} must end in .toml or .json")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("file", f"{path} is not valid TOML: {error}") from None
 
 
 def _field_keys(path: str) -> list:

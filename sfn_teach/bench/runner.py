@@ -46,7 +46,15 @@ moment (mid-step, between a record and its checkpoint, or mid-way through writin
 checkpoint, see :mod:`sfn_teach.checkpoint`) loses no record and duplicates none. A run is
 finished when its checkpoint is at the last step; finished runs are skipped on resume. (For
 the tests, the fault point ``"record"`` of :func:`sfn_teach.checkpoint.fault_point` lies
-between a durable record and its checkpoint.)
+between a durable record and its checkpoint.) ``config.json`` is written atomically too
+(:func:`sfn_teach.checkpoint.write_atomically`, fault point ``"config-write"``).
+
+**Damage.** A resume uses the newest checkpoint that is intact and whose records are all on
+disk and readable; when it has to skip the newest (a corrupt file, or a damaged line among the
+records it covers), it warns on standard error, deletes it and continues from the previous
+one. When no checkpoint is usable, or ``config.json`` or a record is damaged where nothing can
+be remade, :class:`RunDirectoryError` or :class:`~sfn_teach.checkpoint.CheckpointError` names
+the file (and line) and nothing is changed.
 
 **Data parallelism** (``torchrun --nproc-per-node P -m sfn_teach.bench run CONFIG``). Every rank
 runs the same benchmark with ``process_group`` set: the same seeds, the same global batches, of
@@ -62,13 +70,21 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import CheckpointError, fault_point, load_latest_checkpoint, save_checkpoint
+from ..checkpoint import (
+    CheckpointError,
+    fault_point,
+    load_latest_checkpoint,
+    save_checkpoint,
+    write_atomically,
+)
 from ..data import DATASETS
 from ..device import configure_backends
 from ..distributed import Launch, convert_sync_batchnorm, rank, world_size
@@ -86,6 +102,16 @@ from .report import format_table, write_report
 CONFIG_FILE = "config.json"
 RECORDS_FILE = "records.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+STORED_FIELDS = ("config", "name", "fast")  # what config.json always holds (and "machine")
+
+
+class RunDirectoryError(RuntimeError):
+    """A run directory cannot be written, or a file in it is missing or damaged."""
+
+
+def print_warning(message: str) -> None:
+    """Print ``message`` on standard error, where warnings go even when progress is off."""
+    print(message, file=sys.stderr)
 
 
 def fast_from_environment() -> bool:
@@ -108,20 +134,12 @@ def run_id(spec, seed) -> str:
 
 
 def truncate_records(path: Path, count: int) -> None:
-    """Cut the JSON Lines file ``path`` back to its first ``count`` complete lines.
+    """Cut the JSON Lines file ``path`` (created if missing) back to its first ``count`` lines.
 
-    Raises :class:`CheckpointError` if it has fewer (records a checkpoint covers are missing).
+    The caller has checked that it has that many (:func:`read_records`).
     """
     data = path.read_bytes() if path.exists() else b""
-    end = 0
-    for _ in range(count):
-        newline = data.find(b"\n", end)
-        if newline < 0:
-            raise CheckpointError(
-                f"{path} has fewer than the {count} records its checkpoint covers; the run "
-                f"folder {path.parent} is damaged: delete it to run that run again"
-            )
-        end = newline + 1
+    end = sum(len(line) + 1 for line in data.split(b"\n")[:count])
     with open(path, "ab") as f:
         f.truncate(end)
         os.fsync(f.fileno())
@@ -156,13 +174,47 @@ def _differences(stored: dict, current: dict) -> list[str]:
             and old.get(field) != new.get(field)]
 
 
+def read_run_config(out_dir) -> dict:
+    """The ``config.json`` of the run directory ``out_dir``: the fields of :data:`STORED_FIELDS`
+    and the machine.
+
+    Raises :class:`RunDirectoryError` naming the file when it is missing or damaged.
+    """
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirectoryError(f"{out_dir} is not a run folder: it has no {CONFIG_FILE}")
+    try:
+        stored = parse_json_object(path.read_bytes())
+    except ValueError as error:
+        problem = str(error)
+    else:
+        if all(key in stored for key in STORED_FIELDS):
+            return stored
+        problem = f"a JSON object without the fields {', '.join(STORED_FIELDS)}"
+    raise RunDirectoryError(f"{path} is damaged ({problem}); it says which config made the run "
+                            f"folder {out_dir}: restore it, or delete the folder to start again")
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and its parents; raise :class:`RunDirectoryError` saying why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        in_the_way = next((path for path in (folder, *folder.parents)
+                           if path.exists() and not path.is_dir()), None)
+        reason = f"{in_the_way} is a file, not a folder" if in_the_way else error.strerror
+        raise RunDirectoryError(f"cannot create the run folder {folder}: {reason}") from None
+
+
 def prepare_run_dir(out_dir, config: BenchmarkConfig, fast: bool, resume: bool,
                     process_group=None) -> None:
     """Create ``out_dir`` with its ``config.json``, or check it matches when resuming.
 
     The fields of :data:`~sfn_teach.bench.config.LOCATION_FIELDS` may differ (where the
     verified data is found); the ``config.json`` of the first run is kept. Data-parallel, every
-    rank checks and rank 0 writes, after all have checked.
+    rank checks and rank 0 writes, after all have checked. ``config.json`` is written
+    atomically; a folder that cannot be written raises :class:`RunDirectoryError` (nothing
+    is trained before).
     """
     out_dir = Path(out_dir)
     stored = {"config": config.raw, "name": config.name, "fast": fast}
@@ -174,7 +226,7 @@ def prepare_run_dir(out_dir, config: BenchmarkConfig, fast: bool, resume: bool,
                 f"{out_dir} already holds a benchmark; pass --resume (resume=True) to continue "
                 "it, or choose another output folder"
             )
-        found = json.loads(path.read_text())
+        found = read_run_config(out_dir)
         differences = _differences({key: found.get(key) for key in stored}, stored)
         if differences:
             raise ConfigError(
@@ -186,25 +238,29 @@ def prepare_run_dir(out_dir, config: BenchmarkConfig, fast: bool, resume: bool,
         dist.barrier(process_group)
     if exists or rank(process_group) != 0:
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     stored["machine"] = machine_description(config.device)
     if process_group is not None:
         stored["machine"] += (f", data-parallel over {world_size(process_group)} ranks "
                               f"({dist.get_backend(process_group)})")
-    path.write_text(json.dumps(stored, indent=2) + "\n")
+    try:
+        write_atomically(path, (json.dumps(stored, indent=2) + "\n").encode(), "config-write")
+    except OSError as error:
+        raise RunDirectoryError(f"cannot write {path}: {error.strerror}") from None
 
 
 def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=False,
-            progress=True, log=print, on_record=None, process_group=None) -> list[dict]:
+            progress=True, log=print, warn=print_warning, on_record=None,
+            process_group=None) -> list[dict]:
     """Train one ``(optimiser, seed)`` run into ``run_dir``; return all its records.
 
     ``dataset`` is :func:`load_dataset` ``(config)``, loaded once for all runs. Seeds every
-    generator with ``seed`` and builds the model and optimiser; with ``resume``,
-    continues from the newest good checkpoint in ``run_dir`` (saying so if it had to skip a
-    corrupt one), else starts afresh. ``on_record(record)`` is called after each record is
-    durable and checkpointed (live plots, a tuner's report). With ``process_group`` the run is
-    data-parallel (module docstring): rank 0 writes and calls ``on_record``, all ranks return
-    the records once they are written.
+    generator with ``seed`` and builds the model and optimiser; with ``resume``, continues
+    from the newest good checkpoint in ``run_dir`` (module docstring, **Damage**; ``warn``
+    says so when it had to skip the newest one), else starts afresh. ``on_record(record)`` is
+    called after each record is durable and checkpointed (live plots, a tuner's report). With
+    ``process_group`` the run is data-parallel (module docstring): rank 0 writes, warns and
+    calls ``on_record``, all ranks return the records once they are written.
     """
     run_dir = Path(run_dir)
     writer = rank(process_group) == 0
@@ -221,16 +277,24 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
                       process_group=process_group)
     num_steps, identity = config.num_steps(spec), {"run_id": run_id(spec, seed),
                                                     "optimizer": spec.name, "seed": seed}
+    skipped = []  # what was wrong with the newest checkpoint, when it was skipped
     if resume:
-        state, used, problems = load_latest_checkpoint(checkpoint_path, config.device)
-        for problem in problems:
-            log(f"warning: {problem}; resuming from the previous checkpoint {used} instead")
+        try:
+            state, used, skipped = load_latest_checkpoint(
+                checkpoint_path, config.device, check=partial(check_records, records_path))
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}: delete the run folder {run_dir} to run that run "
+                                  "again") from None
+        for problem in skipped if writer else ():
+            warn(f"warning: {problem}; resuming from the previous checkpoint {used} instead")
         if state is not None:
             trainer.load_state_dict(state)
     if process_group is not None:
         dist.barrier(process_group)  # every rank has read the checkpoint before rank 0 writes
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if skipped:  # else the next checkpoint would push the one resumed from out of .prev
+            checkpoint_path.unlink()
         truncate_records(records_path, trainer.num_records)
     if trainer.step >= num_steps:
         log(f"{identity['run_id']}: already finished ({num_steps} steps)")
@@ -268,14 +332,56 @@ def load_dataset(config: BenchmarkConfig, progress=True):
     return DATASETS[config.task].load(config.dtype, config.device, progress, **config.data)
 
 
-def read_records(path) -> list[dict]:
-    """The records of one JSON Lines file, in order."""
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+def read_records(path, count=None) -> list[dict]:
+    """The records of one JSON Lines file, in order: all of them, or the first ``count``.
+
+    Every line must be one JSON object; with ``count``, the first ``count`` lines must also be
+    complete (end in a newline), as the records a checkpoint covers are. Raises
+    :class:`RunDirectoryError` naming the file and the first line that is damaged or missing.
+    """
+    *complete, last = Path(path).read_bytes().split(b"\n")
+    if count is None:
+        lines = complete + [last] if last else complete
+    elif len(complete) < count:
+        raise RunDirectoryError(f"{path} has {len(complete)} complete lines, fewer than "
+                                f"{count}: line {len(complete) + 1} is missing")
+    else:
+        lines = complete[:count]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(parse_json_object(line))
+        except ValueError as error:
+            raise RunDirectoryError(f"line {number} of {path} is damaged ({error})") from None
+    return records
+
+
+def parse_json_object(data: bytes) -> dict:
+    """The JSON object that ``data`` (UTF-8) holds; a ValueError says why it holds none."""
+    if not data.strip():
+        raise ValueError("empty")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text: {error.reason} at byte {error.start}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error.msg} at character {error.pos}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def check_records(records_path, state) -> None:
+    """Refuse the checkpoint ``state`` (:class:`CheckpointError`) unless every record it
+    covers is in ``records_path``, complete and readable; for ``load_latest_checkpoint``."""
+    try:
+        read_records(records_path, state["num_records"])
+    except (RunDirectoryError, OSError) as error:
+        raise CheckpointError(f"it covers {state['num_records']} records, but {error}") from None
 
 
 def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, log=print,
-                  on_record=None, process_group=None):
+                  warn=print_warning, on_record=None, process_group=None):
     """Run every ``(optimiser, seed)`` of ``config`` into ``out_dir``, then write the report.
 
     Args:
@@ -284,8 +390,10 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
             ``resume``).
         fast: use the ``[fast]`` budget; ``None`` reads ``SFN_TEACH_FAST``.
         resume: continue an interrupted benchmark in ``out_dir`` (same config required).
-        progress: tqdm bars and ``log`` lines; ``False`` is silent.
+        progress: tqdm bars and ``log`` lines; ``False`` is silent but for warnings.
         log: where progress lines go (``print``).
+        warn: where warnings go, whatever ``progress`` says (standard error): a corrupt or
+            unusable checkpoint that a resume had to skip.
         on_record: called with every record once it is durable.
         process_group: run data-parallel over this ``torch.distributed`` group, one process
             per rank (module docstring; :func:`data_parallel_config` checks the config).
@@ -310,7 +418,7 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
         log(f"[{index}/{len(runs)}] {spec.name}, seed {seed}: {config.num_steps(spec)} steps "
             f"of batch {spec.batch_size}")
         records = run_one(config, spec, seed, dataset, out_dir / run_id(spec, seed),
-                          resume=resume, progress=progress and writer, log=log,
+                          resume=resume, progress=progress and writer, log=log, warn=warn,
                           on_record=on_record, process_group=process_group)
         last = records[-1]
         log(f"    test loss {last['test_loss']:.4g}, test accuracy {last['test_accuracy']:.3f}, "
@@ -356,7 +464,7 @@ def load_benchmark(out_dir):
     started yet are absent.
     """
     out_dir = Path(out_dir)
-    stored = json.loads((out_dir / CONFIG_FILE).read_text())
+    stored = read_run_config(out_dir)
     config = validate_config(stored["config"], stored["name"])
     if stored["fast"]:
         config = config.fast_version()
@@ -387,6 +495,6 @@ def report_benchmark(out_dir, log=print) -> BenchmarkResult:
     """Write the summary table and figures of the run directory ``out_dir``; read it back."""
     out_dir = Path(out_dir)
     config, records = load_benchmark(out_dir)
-    machine = json.loads((out_dir / CONFIG_FILE).read_text()).get("machine", "")
+    machine = read_run_config(out_dir).get("machine", "")
     summary = write_report(out_dir, config, records, machine=machine, log=log)
     return BenchmarkResult(out_dir, config, records, summary)
