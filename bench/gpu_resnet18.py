@@ -10,11 +10,11 @@ Needs no download: every step uses one synthetic CIFAR-shaped batch made on the 
 (:func:`sfn_teach.cifar10.synthetic_cifar_batch`). For each batch size it first calibrates, in
 fp32 on the eager model, one gradient (forward + backward, the unit ``g``), one forward pass
 ``f`` and one marginal Hessian-vector product on a retained double-backward graph
-(``c_HVP = HVP / g``). Then, per optimiser, a fresh ResNet-18 (full width, ``channels_last``,
-``cudnn.benchmark``) takes ``--warmup`` untimed steps (cuDNN autotuning and any compilation
-happen there; their time is reported as ``warm-up s``) and up to ``--repeats`` timed steps,
-each timed with CUDA events. It prints one line per configuration as it finishes and one table
-at the end: median ms/step, images/s, the ratio to SGD, peak memory
+(``c_HVP = HVP / g``). Then, per optimiser, a fresh ResNet-18 (full width, ``channels_last``
+on a GPU, ``cudnn.benchmark``) takes ``--warmup`` untimed steps (cuDNN autotuning and any
+compilation happen there; their time is reported as ``warm-up s``) and up to ``--repeats``
+timed steps, each timed with CUDA events. It prints one line per configuration as it finishes
+and one table at the end: median ms/step, images/s, the ratio to SGD, peak memory
 (``torch.cuda.max_memory_allocated``) and the step in gradient-equivalents next to the cost
 model ``1 + 2(K−1)·c_HVP`` (``+ f`` where Levenberg–Marquardt damping re-evaluates the loss).
 
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from sfn_teach.cifar10 import synthetic_cifar_batch
-from sfn_teach.device import Precision, configure_backends, tf32, timed
+from sfn_teach.device import Precision, configure_backends, memory_format, tf32, timed
 from sfn_teach.hvp import ParamsHVP
 from sfn_teach.models import count_parameters, resnet18_cifar
 from sfn_teach.optim import SeriesSFN
@@ -151,16 +151,17 @@ def median_ms(fn, args):
 
 
 def fresh_model(args):
-    """ResNet-18 for CIFAR in ``channels_last`` on the device, training mode, seed 0."""
+    """ResNet-18 for CIFAR on the device, training mode, seed 0; ``channels_last`` on a GPU
+    (:func:`sfn_teach.device.memory_format`: a CPU keeps it contiguous)."""
     torch.manual_seed(0)
     model = resnet18_cifar(width=args.width)
-    return model.to(args.device, memory_format=torch.channels_last).train()
+    return model.to(args.device, memory_format=memory_format(args.device, True)).train()
 
 
 def make_batch(batch_size, args):
     generator = torch.Generator(device=args.device).manual_seed(batch_size)
     images, labels = synthetic_cifar_batch(batch_size, args.device, generator)
-    return images.contiguous(memory_format=torch.channels_last), labels
+    return images.contiguous(memory_format=memory_format(args.device, True)), labels
 
 
 def release_memory(device):
@@ -320,7 +321,9 @@ def header(args):
     say("ResNet-18 (CIFAR) step cost: SGD, Adam, SeriesSFN on synthetic CIFAR-shaped batches")
     say(setup_line(args))
     parameters = count_parameters(resnet18_cifar(width=args.width))
-    say(f"model: resnet18_cifar(width={args.width}), {parameters:,} parameters, channels_last, "
+    layout = "channels_last" if memory_format(args.device, True) == torch.channels_last else \
+        "contiguous (channels_last is for GPUs)"
+    say(f"model: resnet18_cifar(width={args.width}), {parameters:,} parameters, {layout}, "
         f"cudnn.benchmark={torch.backends.cudnn.benchmark}; amp={args.amp}, tf32={args.tf32}, "
         f"compile={args.compile}; warm-up {args.warmup}, repeats {args.repeats} "
         f"(at most {args.config_s:g} s each), budget {args.budget_s:g} s")

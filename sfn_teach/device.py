@@ -30,6 +30,16 @@ convolutions): :func:`tf32` sets both for the duration of a block and restores t
 both flags have no effect and bf16 autocast runs as asked (slowly, unless the CPU has bf16
 units).
 
+**Memory format** (:func:`memory_format`). ``channels_last`` (NHWC) storage is used only on
+CUDA devices, where cuDNN's convolutions prefer it; on a CPU a model is always stored
+contiguously (NCHW), whatever a config asks. Two measured reasons: with torch 2.13's CPU build,
+oneDNN's AVX2 convolution kernels (those of CPUs without AVX-512, and of any CPU with
+``ONEDNN_MAX_CPU_ISA=AVX2``) corrupt the heap when they compute the weight gradient of a
+strided 1×1 convolution (a ResNet shortcut) in channels-last format — the process dies with
+``double free or corruption`` in the first backward pass, plain or double;
+``tests/test_native_crashes.py`` keeps the smallest reproduction. And it does not reliably pay on
+a CPU: the width-8 ResNet-18 of the tests ran its gradient and HVP many times slower in it.
+
 **Timing** (:func:`timed`): on a GPU with CUDA events recorded around the call, on a CPU with
 ``time.perf_counter``; either way the call is complete when the time is read.
 """
@@ -69,6 +79,22 @@ def resolve_device(name) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     return device
+
+
+CHANNELS_LAST_DEVICE_TYPES = ("cuda",)
+"""Device types on which :func:`memory_format` lets a model be stored channels-last."""
+
+
+def memory_format(device: torch.device, channels_last: bool) -> torch.memory_format:
+    """The memory format to store a model in on ``device`` when ``channels_last`` is asked for.
+
+    ``torch.channels_last`` if asked for and ``device.type`` is in
+    :data:`CHANNELS_LAST_DEVICE_TYPES` (CUDA), else ``torch.contiguous_format`` (module
+    docstring: on a CPU channels-last crashes oneDNN's AVX2 kernels and does not pay).
+    """
+    if channels_last and torch.device(device).type in CHANNELS_LAST_DEVICE_TYPES:
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def configure_backends(device: torch.device) -> None:

@@ -7,6 +7,12 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--unsafe-channels-last", action="store_true",
+                     help="tests/test_native_crashes.py: store models channels-last on the CPU "
+                     "in its subprocesses (the path that crashes oneDNN's AVX2 kernels)")
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "float64: run with torch's default dtype set to float64, restored afterwards"

@@ -21,13 +21,19 @@ import sfn_teach.data as data_module
 import sfn_teach.train as train_module
 from sfn_teach.bench import ConfigError, load_benchmark, load_config, run_benchmark
 from sfn_teach.bench.__main__ import main
-from sfn_teach.bench.config import apply_overrides, build_model, read_config, validate_config
+from sfn_teach.bench.config import (
+    apply_overrides,
+    build_model,
+    channels_last_ignored,
+    read_config,
+    validate_config,
+)
 from sfn_teach.bench.report import format_excluded_time, summarise
 from sfn_teach.bench.runner import load_dataset, run_one
 from sfn_teach.checkpoint import load_checkpoint
 from sfn_teach.cifar10 import CACHE_NAME, synthetic_cifar10
 from sfn_teach.data import DATASETS, load_digits
-from sfn_teach.device import Precision, resolve_device, timed
+from sfn_teach.device import Precision, memory_format, resolve_device, timed
 from sfn_teach.models import MLP
 from sfn_teach.train import OPTIMIZERS, TIMING_FIELDS, Trainer, make_closure, seed_everything
 
@@ -363,12 +369,21 @@ def test_warmup_and_compile_time_are_kept_out_of_the_wall_clock(digits, monkeypa
                 warmup_steps=-1)
 
 
-def test_channels_last_model_takes_ordinary_batches(data_dir):
-    model = build_model(smoke(data_dir, **{"model.width": 2}))
-    assert model[0][0].weight.is_contiguous(memory_format=torch.channels_last)
-    images = torch.randn(2, 3, 32, 32)  # an ordinary batch, as Batches makes it
-    assert model[0](images).is_contiguous(memory_format=torch.channels_last)
-    assert model(images).shape == (2, 10)
+def test_channels_last_is_for_cuda_only_and_a_cpu_run_says_it_ignores_it(data_dir, tmp_path):
+    assert memory_format(torch.device("cuda"), True) == torch.channels_last
+    assert memory_format(torch.device("cuda:1"), False) == torch.contiguous_format
+    assert memory_format(torch.device("cpu"), True) == torch.contiguous_format
+    config = smoke(data_dir, **{"model.width": 2, "model.channels_last": True})
+    model = build_model(config)
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert not model[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert "channels_last is ignored on cpu" in channels_last_ignored(config)
+    assert channels_last_ignored(smoke(data_dir)) is None  # the shipped smoke config: false
+    lines = []
+    run_benchmark(apply_overrides(config.raw, {"train.steps": 1, "train.evals": 1,
+                                               "optimizers": config.raw["optimizers"][2:3]}),
+                  tmp_path / "run", log=lines.append, progress=True)
+    assert sum("channels_last is ignored" in line for line in lines) == 1
 
 
 def test_summary_states_the_time_kept_out_of_the_training_time():

@@ -20,6 +20,8 @@ optimiser once on a dummy parameter, so the rules are the optimiser's own. Schem
                                  # cifar10_synthetic: the same but the file options
     [model]                      # type "mlp": hidden = [24], activation = "tanh" (defaults);
                                  # type "resnet18": width = 64, channels_last = false
+                                 # (channels_last is used on CUDA only, see
+                                 # sfn_teach.device.memory_format)
     [precision]                  # autocast = "none" | "bf16" (first-order forward passes);
                                  # hvp = "fp32" | "bf16" (curvature steps; bf16 needs
                                  # autocast = "bf16"); tf32 = false; hvp_tf32 = false
@@ -61,7 +63,7 @@ from pathlib import Path
 import torch
 
 from ..data import DATASETS
-from ..device import Precision, resolve_device
+from ..device import Precision, memory_format, resolve_device
 from ..hvp import DENSE_MAX_DIM
 from ..models import MLP, count_parameters, resnet18_cifar
 from ..optim import CurvatureOptimizer
@@ -269,14 +271,25 @@ MODELS = {
 def build_model(config: BenchmarkConfig) -> torch.nn.Module:
     """The config's model, in its dtype on its device (parameters from the current RNG).
 
-    With ``channels_last`` the convolution weights are stored channels-last; convolutions then
-    produce channels-last outputs from ordinary (contiguous) input batches, so the data needs
-    no conversion.
+    With ``channels_last`` on a CUDA device the convolution weights are stored channels-last;
+    convolutions then produce channels-last outputs from ordinary (contiguous) input batches, so
+    the data needs no conversion. On a CPU the model stays contiguous
+    (:func:`sfn_teach.device.memory_format`; :func:`channels_last_ignored` says so).
     """
     build = MODELS[config.model["type"]][1]
     model = build(config.model, DATASETS[config.task])
-    memory_format = torch.channels_last if config.model.get("channels_last") else None
-    return model.to(device=config.device, dtype=config.dtype, memory_format=memory_format)
+    layout = memory_format(config.device, bool(config.model.get("channels_last")))
+    return model.to(device=config.device, dtype=config.dtype, memory_format=layout)
+
+
+def channels_last_ignored(config: BenchmarkConfig) -> str | None:
+    """A note if the config asks for ``channels_last`` on a device where it is not used."""
+    if config.model.get("channels_last") and memory_format(
+            config.device, True) != torch.channels_last:
+        return (f"model.channels_last is ignored on {config.device.type}: models are stored "
+                "channels-last on CUDA only (on a CPU, oneDNN's AVX2 kernels crash in its "
+                "convolution gradients)")
+    return None
 
 
 def _field_in_message(error, keys, path):

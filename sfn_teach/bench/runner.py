@@ -94,6 +94,7 @@ from .config import (
     BenchmarkConfig,
     ConfigError,
     build_model,
+    channels_last_ignored,
     load_config,
     validate_config,
 )
@@ -412,6 +413,9 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
     prepare_run_dir(out_dir, config, fast, resume, process_group)
     log(f"{config.task} on {config.device}; {config.precision.describe(config.device)}"
         f"{'; torch.compile on' if config.compile else ''}")
+    note = channels_last_ignored(config)
+    if note:
+        log(f"note: {note}")
     dataset = load_dataset(config, progress)
     runs = config.runs()
     for index, (spec, seed) in enumerate(runs, start=1):
