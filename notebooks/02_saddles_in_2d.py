@@ -41,6 +41,8 @@ STEPS = 10 if FAST else 30  # optimisation steps per trajectory
 SERIES_TERMS = 12 if FAST else 30  # terms of the series in the paper's figure (V = 25)
 
 # %%
+import sfn_teach.cpu  # first, before torch starts: how its CPU threads wait
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -49,6 +51,7 @@ from sfn_teach import exercises, plots, toys
 from sfn_teach.widgets import SaddleExplorer
 
 # %matplotlib inline
+print(sfn_teach.cpu.status())  # what sfn-teach will compute with
 torch.set_default_dtype(torch.float64)
 
 # %% [markdown]

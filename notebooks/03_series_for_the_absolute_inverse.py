@@ -47,6 +47,8 @@ SLOW_TERMS = (10, 100, 1000) if FAST else (10, 100, 1000, 3000)  # section 5
 TOY_STEPS = 10 if FAST else 30
 
 # %%
+import sfn_teach.cpu  # first, before torch starts: how its CPU threads wait
+
 import math
 
 import matplotlib.pyplot as plt
@@ -64,6 +66,7 @@ from sfn_teach.series import (
 from sfn_teach.widgets import FilterExplorer, SaddleExplorer
 
 # %matplotlib inline
+print(sfn_teach.cpu.status())  # what sfn-teach will compute with
 torch.set_default_dtype(torch.float64)
 generator = torch.Generator().manual_seed(SEED)
 

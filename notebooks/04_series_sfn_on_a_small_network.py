@@ -49,6 +49,8 @@ TUNE_SAMPLES, TUNE_SECONDS = 6, 3.0  # tuning per optimiser (fast mode: [tune.fa
 OUT_DIR = "../runs/notebook04"  # benchmark runs (git-ignored); a rerun resumes or reuses them
 
 # %%
+import sfn_teach.cpu  # first, before torch starts: how its CPU threads wait
+
 import copy
 from pathlib import Path
 
@@ -80,6 +82,7 @@ from sfn_teach.models import MLP
 from sfn_teach.train import hessian_eigenvalues
 
 # %matplotlib inline
+print(sfn_teach.cpu.status())  # what sfn-teach will compute with
 torch.manual_seed(SEED)
 BENCHMARKS = Path("..") / "benchmarks"
 

@@ -50,6 +50,8 @@ RUN_ON_OPEN = None  # run the benchmark when the notebook runs (None: only the C
 OUT_DIR = "../runs/notebook05"  # git-ignored; pressing Run again resumes an interrupted run
 
 # %%
+import sfn_teach.cpu  # first, before torch starts: how its CPU threads wait
+
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -74,6 +76,7 @@ from sfn_teach.cifar10 import CLASSES
 from sfn_teach.models import count_parameters, resnet18_cifar
 
 # %matplotlib inline
+print(sfn_teach.cpu.status())  # what sfn-teach will compute with
 BENCHMARKS = Path("..") / "benchmarks"
 
 # %% [markdown]

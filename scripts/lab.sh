@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck disable=SC1091
 . scripts/setup.sh
+# How torch's CPU threads wait on a busy machine (sfn_teach.cpu): in every kernel's environment
+# from its start, whatever a notebook imports first. Your own OMP_*/GOMP_*/KMP_* settings win.
+eval "$(python -c 'import sfn_teach.cpu as cpu; print(cpu.shell_exports(), end="")')"
 extra=()
 [ "$(id -u)" = 0 ] && extra+=(--allow-root)
 # Serve the repository (so that jupytext finds jupytext.toml and benchmarks/ are at hand) and open

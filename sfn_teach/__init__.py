@@ -12,4 +12,8 @@ Modules, each with one job:
 - :mod:`sfn_teach.optim`: the ``SeriesSFN`` optimiser; ``ExactSFN``, ``Newton`` for small problems.
 """
 
+from .cpu import apply_wait_policy
+
+apply_wait_policy()  # before anything imports torch: how its OpenMP threads wait (sfn_teach.cpu)
+
 __version__ = "0.1.0"

@@ -1,5 +1,9 @@
-"""Shared test set-up: one thread (timing on a shared 2-core machine is noisy otherwise) and a
-``float64`` marker for modules whose references are exact float64 computations."""
+"""Shared test set-up: sfn-teach's CPU wait policy before torch starts (inherited by every
+subprocess and notebook kernel the tests start), one thread in this process (timing on a shared
+2-core machine is noisy otherwise) and a ``float64`` marker for modules whose references are
+exact float64 computations."""
+
+import sfn_teach.cpu  # noqa: F401  (first: it must act before torch's OpenMP runtime starts)
 
 import pytest
 import torch

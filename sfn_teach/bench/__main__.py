@@ -34,6 +34,7 @@ that had to skip a corrupt checkpoint) go to standard error too, also with ``--q
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import torch.distributed as dist
 
 from ..checkpoint import CheckpointError
 from ..cifar10 import CIFAR10Error
+from ..cpu import thread_budget
 from ..data import DataError
 from ..distributed import init_process_group, torchrun_launch
 from ..optim import NonFiniteStepError
@@ -96,7 +98,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_arguments(run, "run directory (default: runs/<config name>)",
                          "continue an interrupted run directory from its checkpoints")
     run.add_argument("--threads", type=int, metavar="N",
-                     help="torch CPU threads (torch.set_num_threads; default: torch's choice)")
+                     help="torch CPU threads (torch.set_num_threads; default: torch's choice, "
+                     "or under torchrun cores / local ranks unless OMP_NUM_THREADS is set)")
     report = commands.add_parser("report", help="table and figures of a run directory",
                                  description="Write summary.md, summary.json and the figures "
                                  "of a run directory, and print the table.")
@@ -140,6 +143,8 @@ def run(args, config, fast) -> None:
         if args.threads < 1:
             raise ConfigError("--threads", f"must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    elif launch is not None and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(thread_budget(launch.local_size))  # the ranks share the cores
     out = args.out or Path("runs") / (config.name + ("-fast" if fast else ""))
     if not args.quiet and (launch is None or launch.rank == 0):
         ranks = f" on {launch.size} data-parallel ranks" if launch else ""

@@ -85,6 +85,7 @@ from ..checkpoint import (
     save_checkpoint,
     write_atomically,
 )
+from ..cpu import status as cpu_status
 from ..data import DATASETS
 from ..device import configure_backends
 from ..distributed import Launch, convert_sync_batchnorm, rank, world_size
@@ -147,12 +148,13 @@ def truncate_records(path: Path, count: int) -> None:
 
 
 def machine_description(device) -> str:
-    """Where times are measured: the platform, torch version, CPU threads and device."""
+    """Where times are measured: the platform, torch version, CPU threads and how they wait
+    (:func:`sfn_teach.cpu.status`), and the device."""
     where = f"device {device}"
     if device.type == "cuda":
         where += f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
     return (f"{platform.platform()}, {platform.machine()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} CPU threads, {where}")
+            f"{cpu_status()}, {where}")
 
 
 def _fields(value, path=""):
