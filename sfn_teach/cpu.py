@@ -62,11 +62,11 @@ def apply_wait_policy(environ=None) -> str:
     effect in this process only if ``torch`` has not been imported yet (:func:`status`).
     """
     environ = os.environ if environ is None else environ
-    inherited = environ.get(_MARKER) == "1" and all(
-        environ.get(name) == value for name, value in WAIT_POLICY.items())
+    waits = {name: environ[name] for name in USER_WAIT_VARIABLES if name in environ}
+    inherited = environ.get(_MARKER) == "1" and waits == WAIT_POLICY
     if environ.get(OPT_OUT, "").strip().lower() == "torch":
         policy = "torch"
-    elif any(name in environ for name in USER_WAIT_VARIABLES):
+    elif waits:
         policy = "sfn-teach" if inherited else "user"
     else:
         environ.update(WAIT_POLICY)
