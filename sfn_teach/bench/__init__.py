@@ -13,9 +13,11 @@ From Python (e.g. a notebook)::
     records = run_one(config, config.optimizers[0], 0, load_dataset(config), "runs/x",
                       on_record=report)
 
-``run_benchmark(config, out_dir, *, fast, resume, progress, log, on_record, process_group)``
-takes a config file, a raw dict or a validated config; the fields of a record are listed in
-:mod:`sfn_teach.bench.runner`.
+``run_benchmark(config, out_dir, *, fast, resume, progress, log, warn, on_record,
+process_group)`` takes a config file, a raw dict or a validated config; the fields of a record
+are listed in :mod:`sfn_teach.bench.runner`. A run folder that cannot be written, or whose
+``config.json`` or records are damaged beyond what a checkpoint can remake, raises
+:class:`RunDirectoryError` naming the file.
 
     # the paper's tuning protocol: ASHA on Ray Tune for every optimiser, the bests re-run
     tuning = tune_benchmark("benchmarks/digits_tune.toml", "runs/digits_tune", fast=True)
@@ -45,6 +47,7 @@ from .config import (
 from .report import format_table, plot_curves, plot_optimizer_stats, summarise, write_report
 from .runner import (
     BenchmarkResult,
+    RunDirectoryError,
     load_benchmark,
     load_dataset,
     read_records,
@@ -64,9 +67,9 @@ from .tune import (
 
 __all__ = [
     "DTYPES", "MODELS", "BenchmarkConfig", "BenchmarkResult", "ConfigError", "OptimizerSpec",
-    "RayNotInstalledError", "TuneResult", "apply_overrides", "build_model", "format_table",
-    "load_benchmark", "load_config", "load_dataset", "load_tuning", "plot_asha", "plot_curves",
-    "plot_optimizer_stats", "read_config", "read_records", "report_benchmark", "run_benchmark",
-    "run_id", "run_one", "summarise", "tune_benchmark", "tune_settings", "validate_config",
-    "write_report",
+    "RayNotInstalledError", "RunDirectoryError", "TuneResult", "apply_overrides", "build_model",
+    "format_table", "load_benchmark", "load_config", "load_dataset", "load_tuning", "plot_asha",
+    "plot_curves", "plot_optimizer_stats", "read_config", "read_records", "report_benchmark",
+    "run_benchmark", "run_id", "run_one", "summarise", "tune_benchmark", "tune_settings",
+    "validate_config", "write_report",
 ]
