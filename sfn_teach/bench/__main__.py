@@ -26,11 +26,12 @@ Started by ``torchrun``, ``run`` trains each run data-parallel over the torchrun
 over seeds (:mod:`sfn_teach.bench.tune`; ``--address`` or ``RAY_ADDRESS`` attaches to a Ray
 cluster, else Ray starts in this process).
 
-Exit status: 0 done; 2 a bad config (a field, or a config file that is missing, a folder, not
-UTF-8 or not TOML/JSON), before anything is written; 1 any other error (an output folder that
-cannot be written, a damaged run folder, missing data, a diverged run, ...); 130 interrupted.
-An error is one line on standard error, ``error: ...``, never a traceback. Warnings (a resume
-that had to skip a corrupt checkpoint) go to standard error too, also with ``--quiet``.
+Exit status: 0 done; 2 a bad config (a bad field or ``--set``, a config file that is missing,
+a folder, not UTF-8 or not TOML/JSON, or ``--resume`` with another config than the run
+folder's), before anything is written; 1 any other error (an output folder that cannot be
+written, a damaged run folder, missing data, a diverged run, ...); 130 interrupted. An error is
+one line on standard error, ``error: ...``, never a traceback. Warnings (a resume that had to
+skip the newest checkpoint) go to standard error too, also with ``--quiet``.
 """
 
 import argparse
