@@ -29,7 +29,7 @@ SMALL = {
 RUN = "adam-seed0"  # the run's folder
 
 
-def error_line(capsys, argv, code, prefix="error: "):
+def stderr_line(capsys, argv, code, prefix="error: "):
     """Run the CLI on ``argv``; check its exit code and that stderr is one line starting with
     ``prefix`` and no traceback; return that line."""
     assert main([str(arg) for arg in argv]) == code
@@ -103,7 +103,7 @@ def test_config_that_is_not_utf8_is_a_config_error(tmp_path, capsys):
     path = tmp_path / "latin1.toml"
     data = 'task = "digits"\n# benchmark by Fran\xe7ois\n'.encode("latin-1")
     path.write_bytes(data)
-    line = error_line(capsys, ["run", path, "--out", tmp_path / "out"], 2)
+    line = stderr_line(capsys, ["run", path, "--out", tmp_path / "out"], 2)
     assert str(path) in line and "not UTF-8" in line
     assert path.read_bytes() == data and not (tmp_path / "out").exists()
 
@@ -111,7 +111,7 @@ def test_config_that_is_not_utf8_is_a_config_error(tmp_path, capsys):
 def test_config_path_that_is_a_folder_says_so(tmp_path, capsys):
     folder = tmp_path / "configs.toml"
     folder.mkdir()
-    line = error_line(capsys, [folder, "--out", tmp_path / "out"], 2)
+    line = stderr_line(capsys, [folder, "--out", tmp_path / "out"], 2)
     assert f"{folder} is a folder" in line and "does not exist" not in line
     assert not (tmp_path / "out").exists()
 
@@ -124,7 +124,7 @@ def test_dense_optimiser_on_more_parameters_than_the_dense_limit_is_refused(tmp_
     assert DENSE_MAX_DIM < 64 * 55 + 55 + 55 * 10 + 10 <= 5000
     path = tmp_path / "dense.json"
     path.write_text(json.dumps(config))
-    line = error_line(capsys, ["run", path, "--out", tmp_path / "out"], 2)
+    line = stderr_line(capsys, ["run", path, "--out", tmp_path / "out"], 2)
     assert "optimizers[0].type" in line and "4135 parameters" in line
     assert f"DENSE_MAX_DIM = {DENSE_MAX_DIM}" in line
     assert not (tmp_path / "out").exists()
@@ -140,7 +140,7 @@ def test_out_below_or_at_an_existing_file(tmp_path, config_path, capsys, below):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
     out = notes / "run" if below else notes
-    line = error_line(capsys, ["run", config_path, "--out", out, "--quiet"], 1)
+    line = stderr_line(capsys, ["run", config_path, "--out", out, "--quiet"], 1)
     assert f"cannot create the run folder {out}: {notes} is a file, not a folder" in line
     assert snapshot(tmp_path) == {Path("notes.txt"): b"my notes\n",
                                   Path("small.json"): config_path.read_bytes()}
@@ -186,7 +186,7 @@ def test_damaged_record_after_the_previous_checkpoint_is_remade(fresh_run, capsy
     records_path = out / RUN / "records.jsonl"
     before, lines = records_of(out), read_lines(records_path)
     damage_line(records_path, 7, b'{"run_id": "adam-se\xff\xfe\n')
-    line = error_line(capsys, ["run", config, "--out", out, "--resume", "--quiet"], 0,
+    line = stderr_line(capsys, ["run", config, "--out", out, "--resume", "--quiet"], 0,
                       prefix="warning: ")
     assert f"line 7 of {records_path} is damaged (not UTF-8 text" in line
     assert f"resuming from the previous checkpoint {out / RUN / 'checkpoint.pt.prev'}" in line
@@ -211,11 +211,11 @@ def test_damaged_record_that_every_checkpoint_covers_is_refused(fresh_run, capsy
     records_path = out / RUN / "records.jsonl"
     damage_line(records_path, 3, text)
     files = snapshot(out)
-    line = error_line(capsys, ["run", config, "--out", out, "--resume", "--quiet"], 1)
+    line = stderr_line(capsys, ["run", config, "--out", out, "--resume", "--quiet"], 1)
     assert f"line 3 of {records_path} is damaged ({problem}" in line
     assert f"delete the run folder {out / RUN} to run that run again" in line
     assert snapshot(out) == files
-    line = error_line(capsys, ["report", out], 1)
+    line = stderr_line(capsys, ["report", out], 1)
     assert line.startswith(f"error: line 3 of {records_path} is damaged ({problem}")
     assert snapshot(out) == files
 
@@ -231,7 +231,7 @@ def test_damaged_config_json_is_refused(fresh_run, capsys, content, problem):
     (out / "config.json").write_bytes(content)
     files = snapshot(out)
     for argv in (["run", config, "--out", out, "--resume"], ["report", out]):
-        line = error_line(capsys, argv, 1)
+        line = stderr_line(capsys, argv, 1)
         assert line.startswith(f"error: {out / 'config.json'} is damaged {problem}")
         assert snapshot(out) == files
 
