@@ -124,6 +124,7 @@ from .runner import (
     load_dataset,
     prepare_run_dir,
     read_records,
+    read_run_config,
     run_benchmark,
     run_one,
 )
@@ -779,7 +780,7 @@ def tune_benchmark(config, out_dir, *, fast=None, resume=False, address=None, pr
 def load_tuning(out_dir) -> TuneResult:
     """The :class:`TuneResult` of a finished tuning directory (each trial with its records)."""
     out_dir = Path(out_dir)
-    stored = json.loads((out_dir / "config.json").read_text())
+    stored = read_run_config(out_dir)
     config = validate_config(stored["config"], stored["name"])
     settings = tune_settings(config, stored["fast"])
     slugs = {spec.name: spec.slug for spec in config.optimizers}
@@ -864,7 +865,7 @@ def plot_asha(result: TuneResult) -> Figure:
 def write_tuning_report(result: TuneResult) -> None:
     """Write ``tune.md`` (budget, trials, bests, the re-runs' table) and ``asha.png``."""
     settings, out_dir = result.settings, result.out_dir
-    machine = json.loads((out_dir / "config.json").read_text()).get("machine", "")
+    machine = read_run_config(out_dir).get("machine", "")
     rerun = ""
     if result.rerun is not None:
         config = result.rerun.config
