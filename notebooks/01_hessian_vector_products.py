@@ -44,6 +44,7 @@ BATCH_SIZE = 64 if FAST else 256
 TIMING_REPEATS = 3 if FAST else 15
 
 # %%
+import io
 import time
 
 import ipywidgets as widgets
@@ -95,28 +96,30 @@ fig
 
 # %%
 himmelblau = toys.TOYS["himmelblau"]
+slider_style = dict(min=-5.0, max=5.0, step=0.1, continuous_update=False)
+x_slider = widgets.FloatSlider(value=0.0, description="x", **slider_style)
+y_slider = widgets.FloatSlider(value=2.5, description="y", **slider_style)
 hessian_readout = widgets.HTML()
-hessian_figure = widgets.Output()
+# The figure is shown as PNG bytes in an Image widget, as the explorers of the next notebooks do.
+hessian_figure = widgets.Image(format="png")
 
 
-def show_hessian(x=0.0, y=2.5):
-    """Redraw the eigen-directions of Himmelblau's Hessian at (x, y) and print h₁, h₂."""
+def show_hessian(_change=None):
+    """Redraw the eigen-directions of Himmelblau's Hessian at the sliders' (x, y); show h₁, h₂."""
+    x, y = x_slider.value, y_slider.value
     h = torch.linalg.eigvalsh(toys.hessian(himmelblau, (x, y)))
     kind = {2: "minimum-like (bowl)", 0: "maximum-like (cap)", 1: "saddle-like"}[int((h > 0).sum())]
     hessian_readout.value = f"<b>h₁ = {h[0]:.2f}, h₂ = {h[1]:.2f}</b> — {kind}"
-    with hessian_figure:
-        hessian_figure.clear_output(wait=True)
-        fig, _ = plots.plot_eigen_directions(himmelblau, (x, y))
-        display(fig)  # noqa: F821 (IPython's display)
+    fig, _ = plots.plot_eigen_directions(himmelblau, (x, y))
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    hessian_figure.value = png.getvalue()
 
 
-slider_style = dict(min=-5.0, max=5.0, step=0.1, continuous_update=False)
-hessian_explorer = widgets.interactive(
-    show_hessian,
-    x=widgets.FloatSlider(value=0.0, description="x", **slider_style),
-    y=widgets.FloatSlider(value=2.5, description="y", **slider_style),
-)
-widgets.VBox([hessian_explorer, hessian_readout, hessian_figure])
+for slider in (x_slider, y_slider):
+    slider.observe(show_hessian, names="value")
+show_hessian()
+widgets.VBox([x_slider, y_slider, hessian_readout, hessian_figure])
 
 # %% [markdown]
 # ## 2. Pearlmutter's trick
