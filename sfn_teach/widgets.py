@@ -101,44 +101,58 @@ _FAST_TITLES = {"axes.titley": 1.0}
 
 
 class DampingControl:
-    """The damping ``λ ≥ 0`` as a log-slider over ``[1e-6, 10]``, a "λ = 0" box and a text box.
+    """The damping ``λ ≥ 0`` as a log-slider, a "λ = 0" box and a text box, which always agree.
 
     ``text`` holds the value in force (:attr:`value`); the slider and the box write into it,
-    and a typed value moves the slider and the box (a value outside the slider's range is
-    kept in the text box, the slider stops at its end). Observers of ``text`` see every
-    change. A typed negative value stays in ``text``: the panel refuses it with a message.
+    and every value in force is shown by all three: the box is ticked exactly when λ = 0, and
+    the slider then is disabled and shows no number (a log-slider has no 0); otherwise the
+    slider shows λ, its range (``[1e-6, 10]`` at first) growing to reach a typed value.
+    Unticking the box brings back the slider's value. Observers of ``text`` see every change.
+    A typed negative value stays in ``text``, where the panel refuses it with a message; the
+    slider and the box keep showing the last good value, which is still what is drawn.
     """
 
     def __init__(self, value: float = 0.0):
         self.slider = widgets.FloatLogSlider(
-            value=value if value > 0 else 1e-3, base=10, min=-6, max=1, description="λ",
-            readout_format=".1e", **_SLIDER,
+            value=1e-3, base=10, min=-6, max=1, description="λ", readout_format=".1e",
+            **_SLIDER,
         )
-        self.zero = widgets.Checkbox(value=value == 0, description="λ = 0", indent=False)
+        self.zero = widgets.Checkbox(description="λ = 0", indent=False)
         self.text = widgets.FloatText(value=value, description="λ (type)", **_SLIDER)
         self.box = widgets.HBox([self.slider, self.zero, self.text])
         self._syncing = False
-        self.slider.observe(self._from_controls, names="value")
-        self.zero.observe(self._from_controls, names="value")
-        self.text.observe(self._from_text, names="value")
+        self._show(value)
+        self.slider.observe(self._from_slider, names="value")
+        self.zero.observe(self._from_zero, names="value")
+        self.text.observe(lambda change: self._show(change["new"]), names="value")
 
     @property
     def value(self) -> float:
         """The damping ``λ`` in force (whatever was typed, possibly invalid)."""
         return self.text.value
 
-    def _from_controls(self, _change):
+    def _from_slider(self, change):
         if not self._syncing:
-            self.text.value = 0.0 if self.zero.value else self.slider.value
+            self.text.value = change["new"]
 
-    def _from_text(self, change):
-        if change["new"] < 0 or not math.isfinite(change["new"]):
+    def _from_zero(self, change):
+        if not self._syncing:
+            self.text.value = 0.0 if change["new"] else self.slider.value
+
+    def _show(self, value: float):
+        """Make the box and the slider show ``value`` (a refused value leaves them as they are)."""
+        if not (math.isfinite(value) and value >= 0):
             return
         self._syncing = True
         try:
-            self.zero.value = change["new"] == 0
-            if change["new"] > 0:
-                self.slider.value = change["new"]
+            self.zero.value = value == 0
+            self.slider.disabled = value == 0
+            self.slider.readout = value > 0
+            if value > 0:
+                exponent = math.log10(value)
+                self.slider.min = min(self.slider.min, math.floor(exponent))
+                self.slider.max = max(self.slider.max, math.ceil(exponent))
+                self.slider.value = value
         finally:
             self._syncing = False
 

@@ -137,19 +137,52 @@ def test_diverged_runs_say_so_in_the_readout():
     assert "diverged after" in panel.readout.value
 
 
-def test_damping_control_keeps_slider_box_and_text_in_step():
-    control = DampingControl(0.0)
-    assert control.zero.value and control.value == 0.0
+def shown_damping(control: DampingControl) -> float:
+    """The λ a person reads off the control: 0 where the box is ticked, else the slider's."""
+    off = control.slider.disabled and not control.slider.readout
+    assert control.zero.value == off, "the slider must be off (no number) exactly when λ = 0"
+    return 0.0 if control.zero.value else control.slider.value
+
+
+@pytest.mark.parametrize("initial", [0.0, 0.25, 100.0])
+def test_damping_control_shows_the_value_in_force_after_every_change(initial):
+    control = DampingControl(initial)
+    assert shown_damping(control) == pytest.approx(control.value) and control.value == initial
+    changes = [
+        (control.zero, False), (control.slider, 0.1), (control.zero, True),
+        (control.slider, 0.02),  # moved while "λ = 0" was ticked: the slider's value is used
+        (control.text, 2.0), (control.text, 0.0), (control.zero, False),
+        (control.text, 250.0), (control.text, 1e-9),  # beyond the slider's first range
+    ]
+    for widget, value in changes:
+        widget.value = value
+        assert shown_damping(control) == pytest.approx(control.value), (
+            f"after {widget.description} = {value} the control shows "
+            f"{shown_damping(control)} but λ = {control.value}"
+        )
+    assert control.value == 1e-9 and control.zero.value is False
+    control.zero.value = True
     control.zero.value = False
-    assert control.value == control.slider.value == 1e-3
-    control.slider.value = 0.1
-    assert control.value == pytest.approx(0.1)
-    control.text.value = 2.0
-    assert control.slider.value == pytest.approx(2.0) and not control.zero.value
-    control.text.value = 0.0
-    assert control.zero.value
-    control.text.value = -1.0  # refused by the panels; the other controls stay put
-    assert control.zero.value and control.value == -1.0
+    assert control.value == pytest.approx(1e-9), "unticking λ = 0 brings the slider's λ back"
+
+
+def test_a_refused_damping_leaves_the_last_good_one_shown():
+    control = DampingControl(0.5)
+    control.text.value = -1.0  # refused by the panels, which keep drawing with λ = 0.5
+    assert control.value == -1.0 and shown_damping(control) == pytest.approx(0.5)
+
+
+def test_the_saddle_explorer_shows_the_damping_it_uses(explorer):
+    def used():
+        return explorer.trajectories["newton"].hyperparameters["damping"]
+
+    control = explorer.damping
+    assert shown_damping(control) == used() == 0.0
+    control.slider.value = 0.01
+    assert shown_damping(control) == pytest.approx(used()) == pytest.approx(0.01)
+    control.zero.value = True
+    assert shown_damping(control) == used() == 0.0
+    assert "λ = 0," in explorer.axes[1].get_title()
 
 
 # ---------------------------------------------------------------------------------------------
