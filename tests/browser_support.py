@@ -1,5 +1,6 @@
 """Helpers for the browser tests (tests/test_browser.py): a JupyterLab server in its own process
-group, its REST API, and a notebook driven in headless Chromium the way a person drives it.
+group, watched so that it ends with the test process (tests/process_watchdog.py), its REST API,
+and a notebook driven in headless Chromium the way a person drives it.
 
 Every helper that waits does so for a condition, with a bounded timeout, and fails with a
 sentence that says what did not happen (a missing notebook, a dead kernel, a cell that never
@@ -9,15 +10,16 @@ page is involved.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +28,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from process_watchdog import MARKER_VARIABLE, RELEASE, processes_with_marker, signal_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -36,9 +39,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
 ]
-#: set in the environment of every server the tests start (kernels inherit it), so that the
-#: processes a test started can be found, and their absence checked, after it stops them
-MARKER_VARIABLE = "SFN_TEACH_BROWSER_TEST"
 
 #: what JupyterLab shows in an output area when a widget fails, or has not rendered yet
 WIDGET_FAILURES = ("Error displaying widget", "Loading widget...")
@@ -103,28 +103,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def processes_with_marker(prefix: str) -> dict[int, str]:
-    """The live processes whose ``MARKER_VARIABLE`` starts with ``prefix``: pid → command line."""
-    needle = f"{MARKER_VARIABLE}={prefix}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            variables = (entry / "environ").read_bytes().split(b"\0")
-            if not any(variable.startswith(needle) for variable in variables):
-                continue
-            status = (entry / "status").read_text()
-            if re.search(r"^State:\s+Z", status, re.M):
-                continue  # a zombie has exited; only its parent's wait() is missing
-            found[int(entry.name)] = (
-                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            )
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return found
-
-
 def copy_notebooks(destination: Path) -> Path:
     """A throwaway copy of the repository's layout: ``jupytext.toml``, ``benchmarks/`` (the
     configs notebooks 04 and 05 read) and ``notebooks/``.
@@ -173,7 +151,8 @@ class JupyterServer:
     token: str
     root_dir: Path
     log_path: Path
-    marker: str
+    marker: str  #: MARKER_VARIABLE's value in the environment of the server and its children
+    watchdog: subprocess.Popen  #: ends them if the test process ends before stop_server
 
     @property
     def url(self) -> str:
@@ -218,21 +197,51 @@ def start_server(command: list[str], *, cwd: Path, root_dir: Path, port: int, to
                  timeout: float = SERVER_START_TIMEOUT_S) -> JupyterServer:
     """Start ``command`` (a JupyterLab server) in a new process group, wait until it answers.
 
-    The caller must call :func:`stop_server`, in a ``finally`` or a fixture's teardown.
+    The caller must call :func:`stop_server`, in a ``finally`` or a fixture's teardown; if the
+    test process ends first, however it ends, a watchdog ends the server and its kernels.
     """
+    watchdog = start_watchdog(marker)
     environment = {**os.environ, **(env or {}), MARKER_VARIABLE: marker}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
-    server = JupyterServer(process, port, token, root_dir, log_path, marker)
+    server = JupyterServer(process, port, token, root_dir, log_path, marker, watchdog)
     try:
         wait_until_answering(server, timeout)
     except BaseException:
         stop_server(server)
         raise
     return server
+
+
+def start_watchdog(marker: str) -> subprocess.Popen:
+    """Start tests/process_watchdog.py for ``marker``; this process holds its pipe's write end.
+
+    It runs in a session of its own, so that a Ctrl-C meant for pytest does not stop it.
+    """
+    return subprocess.Popen([sys.executable, str(Path(__file__).with_name("process_watchdog.py")),
+                             marker], stdin=subprocess.PIPE, start_new_session=True)
+
+
+def release_watchdog(watchdog: subprocess.Popen):
+    """Tell the watchdog that the processes it watched were stopped, and let it exit."""
+    watchdog.stdin.write(RELEASE)
+    watchdog.stdin.close()
+    watchdog.wait(STOP_TIMEOUT_S)
+
+
+def start_jupyterlab(work: Path, log_path: Path, marker: str) -> JupyterServer:
+    """JupyterLab (this Python's) on a throwaway copy of the notebooks in ``work``, fast mode."""
+    root = copy_notebooks(work)
+    port, token = free_port(), secrets.token_hex(16)
+    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}",
+               *lab_options(port, token, work / "lab-state")]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    return start_server(command, cwd=work, root_dir=root, port=port, token=token,
+                        log_path=log_path, marker=marker, env={"SFN_TEACH_FAST": "1"})
 
 
 def wait_until_answering(server: JupyterServer, timeout: float):
@@ -255,6 +264,13 @@ def stop_server(server: JupyterServer):
     """SIGTERM the server's process group (the server shuts its kernels down), SIGKILL what is
     left after a timeout, and fail if any process the server started survives."""
     try:
+        _stop_server_processes(server)
+    finally:
+        release_watchdog(server.watchdog)
+
+
+def _stop_server_processes(server: JupyterServer):
+    try:
         os.killpg(server.process.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
@@ -264,11 +280,9 @@ def stop_server(server: JupyterServer):
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait(STOP_TIMEOUT_S)
     # kernels run in process groups of their own: give them the same time, then kill them
-    leftovers = _wait_for_no_processes(server.marker, STOP_TIMEOUT_S)
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    survivors = _wait_for_no_processes(server.marker, 10)
+    leftovers = wait_for_no_processes(server.marker, STOP_TIMEOUT_S)
+    signal_processes(server.marker, signal.SIGKILL)
+    survivors = wait_for_no_processes(server.marker, 10)
     if survivors:
         pytest.fail(f"processes started by the JupyterLab server on port {server.port} survive "
                     f"SIGKILL: {survivors}", pytrace=False)
@@ -277,11 +291,20 @@ def stop_server(server: JupyterServer):
                     f"SIGTERM (they were killed): {leftovers}", pytrace=False)
 
 
-def _wait_for_no_processes(marker: str, timeout: float) -> dict[int, str]:
+def wait_for_no_processes(marker: str, timeout: float) -> dict[int, str]:
+    """Wait until no process carries ``marker``; return those still there after ``timeout``."""
     deadline = time.monotonic() + timeout
     while (left := processes_with_marker(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
+
+
+def file_browser(page) -> tuple[str, list[str]]:
+    """What JupyterLab's file browser shows: its folder ("" for the server's root, else e.g.
+    "notebooks") and the names of the entries listed in it."""
+    browser = page.locator("#filebrowser")
+    folder = "/".join(browser.locator(".jp-BreadCrumbs-item").all_text_contents())
+    return folder, browser.locator(".jp-DirListing-itemText").all_text_contents()
 
 
 def shut_down_all_sessions(server: JupyterServer):

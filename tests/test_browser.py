@@ -6,10 +6,12 @@
   that go to ``test-artifacts/browser/``.
 - ``notebooks/NAME.py`` and ``NAME.ipynb`` are the same notebook through the server, and saving
   either updates the other on disk (jupytext's contents manager).
-- The README's main command, ``bash scripts/lab.sh``, serves the notebooks and the first one
-  loads in the browser.
+- The README's main command, ``bash scripts/lab.sh``, lands in ``notebooks/``, whose file
+  browser lists one entry per notebook (its ``.ipynb``), serves each ``.py``/``.ipynb`` pair as
+  one notebook, and the first one loads in the browser.
 - A missing notebook or a kernel that dies during a run fails with a sentence saying so, and
-  every server started here is stopped, with no process of it left behind.
+  every server started here is stopped, with no process of it left behind, even when the test
+  process itself is killed (a watchdog, ``tests/process_watchdog.py``, ends them then).
 
 Run them alone with ``python -m pytest -m browser``; they need Debian's Chromium at
 ``/usr/bin/chromium`` (``apt-get install -y chromium``) and fail, saying so, without it.
@@ -22,7 +24,9 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -35,14 +39,15 @@ from browser_support import (
     MARKER_VARIABLE,
     NEGATIVE_DAMPING_MESSAGE,
     NOTEBOOK_DIR,
+    OPEN_TIMEOUT_S,
     ROOT,
+    SERVER_START_TIMEOUT_S,
     WIDGET_TIMEOUT_S,
-    JupyterServer,
     OpenNotebook,
     assert_no_errors_shown,
-    copy_notebooks,
     explorer_panels,
     figure_digest,
+    file_browser,
     file_digest,
     free_port,
     k_slider_value,
@@ -56,11 +61,13 @@ from browser_support import (
     save_screenshot,
     scroll_to_centre,
     shut_down_all_sessions,
+    start_jupyterlab,
     start_server,
     stop_server,
     type_damping,
     wait_for,
     wait_for_all_cells_to_run,
+    wait_for_no_processes,
     wait_for_panel,
 )
 from playwright.sync_api import sync_playwright
@@ -115,22 +122,11 @@ def page(browser):
         context.close()
 
 
-def start_jupyterlab(work: Path, log_path: Path) -> JupyterServer:
-    """JupyterLab (this Python's) on a throwaway copy of the notebooks in ``work``, fast mode."""
-    root = copy_notebooks(work)
-    port, token = free_port(), secrets.token_hex(16)
-    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}",
-               *lab_options(port, token, work / "lab-state")]
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    return start_server(command, cwd=work, root_dir=root, port=port, token=token,
-                        log_path=log_path, marker=new_marker(), env={"SFN_TEACH_FAST": "1"})
-
-
 @pytest.fixture(scope="session")
 def lab_server(tmp_path_factory):
     """One JupyterLab for the session, serving a throwaway copy of the notebooks."""
-    server = start_jupyterlab(tmp_path_factory.mktemp("lab"), ARTIFACTS / "jupyterlab.log")
+    server = start_jupyterlab(tmp_path_factory.mktemp("lab"), ARTIFACTS / "jupyterlab.log",
+                              new_marker())
     try:
         yield server
     finally:
@@ -291,6 +287,26 @@ def environment_is_installed() -> bool:
     return marker.exists() and marker.stat().st_mtime >= pyproject.stat().st_mtime
 
 
+def expect_landing(page):
+    """JupyterLab's file browser shows notebooks/ with one entry per notebook, its .ipynb."""
+    expected = ("notebooks", [f"{name}.ipynb" for name in ALL_NOTEBOOKS])
+    seen = []
+
+    def shows_the_notebooks():
+        folder, names = file_browser(page)
+        seen.append((folder, sorted(names)))
+        return seen[-1] == expected
+
+    def fail(message):
+        shot = save_screenshot(page, "failure--lab-sh-landing")
+        pytest.fail(f"{message}; the file browser shows folder {seen[-1][0]!r} listing "
+                    f"{seen[-1][1]} (screenshot: {shot})", pytrace=False)
+
+    wait_for(shows_the_notebooks, OPEN_TIMEOUT_S, f"the file browser to show folder "
+             f"{expected[0]!r} listing {expected[1]}", fail=fail)
+    save_screenshot(page, "lab-sh--landing")
+
+
 def test_readme_main_command_serves_the_notebooks(page, tmp_path):
     opened_files = [NOTEBOOK_DIR / f"{FIRST_NOTEBOOK}.{extension}" for extension in ("ipynb", "py")]
     digests_before = [file_digest(path) for path in opened_files]
@@ -303,9 +319,14 @@ def test_readme_main_command_serves_the_notebooks(page, tmp_path):
         log_path=ARTIFACTS / "lab-sh.log", marker=new_marker(), env={"SFN_TEACH_FAST": "1"},
     )
     try:
-        folder = server.api("GET", "/api/contents/notebooks?content=1")["content"]
-        missing = {f"{name}.ipynb" for name in ALL_NOTEBOOKS} - {item["name"] for item in folder}
-        assert not missing, f"scripts/lab.sh does not serve {sorted(missing)}"
+        page.goto(f"{server.url}/?token={token}")  # the browser that lab.sh opens lands there too
+        expect_landing(page)
+        first = f"/api/contents/notebooks/{FIRST_NOTEBOOK}"
+        as_py, as_ipynb = (server.api("GET", f"{first}.{extension}?type=notebook&content=1")
+                           for extension in ("py", "ipynb"))
+        assert cells_of(as_py["content"]) == cells_of(as_ipynb["content"]), (
+            f"scripts/lab.sh does not serve {FIRST_NOTEBOOK}.py and .ipynb as one notebook"
+        )
         notebook = open_notebook(page, server, f"notebooks/{FIRST_NOTEBOOK}.ipynb")
         heading = notebook.panel.locator(".jp-MarkdownCell h1").first
         wait_for(lambda: title_of(FIRST_NOTEBOOK) in (heading.text_content() or ""), 30,
@@ -374,7 +395,7 @@ def test_a_kernel_killed_during_run_all_fails_clearly(lab, page, kill):
 
 def test_a_stopped_server_leaves_no_process(tmp_path):
     """stop_server ends the server and its kernels (which run in process groups of their own)."""
-    server = start_jupyterlab(tmp_path, tmp_path / "server.log")
+    server = start_jupyterlab(tmp_path, tmp_path / "server.log", new_marker())
     try:
         server.api("POST", "/api/kernels", {"name": "python3"})
         assert len(processes_with_marker(server.marker)) >= 2, "a server and its kernel run"
@@ -382,3 +403,46 @@ def test_a_stopped_server_leaves_no_process(tmp_path):
         stop_server(server)
     assert not processes_with_marker(server.marker)
     assert MARKER_VARIABLE not in os.environ, "the marker is for the servers, not pytest"
+
+
+#: run by the next test as a process of its own: start a JupyterLab server and a kernel, then wait
+HOLD_A_SERVER = """
+import sys, time
+from pathlib import Path
+from browser_support import start_jupyterlab
+
+work, marker = Path(sys.argv[1]), sys.argv[2]
+server = start_jupyterlab(work, work / "server.log", marker)
+server.api("POST", "/api/kernels", {"name": "python3"})
+(work / "ready").touch()
+time.sleep(600)
+"""
+
+
+def test_a_killed_test_process_leaves_no_server_or_kernel(tmp_path):
+    """A server and kernel that a test process started end with it, even when it is SIGKILLed."""
+    marker, log = new_marker(), tmp_path / "holder.log"
+    with open(log, "wb") as output:
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_A_SERVER, str(tmp_path), marker],
+                                  cwd=Path(__file__).parent, stdout=output,
+                                  stderr=subprocess.STDOUT)
+    try:
+        def ready():
+            if holder.poll() is not None:
+                pytest.fail(f"the process holding a server exited with {holder.returncode}:\n"
+                            f"{log.read_text()[-2000:]}", pytrace=False)
+            return (tmp_path / "ready").exists()
+
+        wait_for(ready, SERVER_START_TIMEOUT_S + OPEN_TIMEOUT_S,
+                 "a process to start a JupyterLab server and a kernel")
+        running = list(processes_with_marker(marker).values())
+        assert any("jupyterlab" in command for command in running), running
+        assert any("ipykernel" in command for command in running), running
+    finally:
+        holder.kill()
+        holder.wait()
+    killed = time.monotonic()
+    left = wait_for_no_processes(marker, 20)
+    assert not left, f"the server and kernel survive the SIGKILL of their test process: {left}"
+    print(f"server and kernel gone {time.monotonic() - killed:.1f} s after the SIGKILL")
+
