@@ -52,7 +52,16 @@ from .distributed import RankAveragedOperator
 from .hvp import PARAMS_BACKENDS, ParamsHVP, power_iteration
 from .series import KINDS, exact_sfn_direction, sfn_series
 
-SCALE_RULES = ("lower_bound", "power", "fixed")
+SCALE_RULES = ("ritz", "lower_bound", "power", "fixed")
+
+#: above this ratio ``V/λ̂_max²`` the step is gradient descent in disguise (warned once)
+GRADIENT_DESCENT_RATIO = 100.0
+
+#: re-runs of a diverging series with a larger ``V`` within one step (``"ritz"`` rule)
+MAX_SCALE_RETRIES = 3
+
+#: the ``"ritz"`` rule's ``V`` follows the smallest of this many recent estimates of λ_max(H²)
+SPECTRUM_MEMORY = 3
 
 
 class NonFiniteStepError(ValueError):
@@ -292,6 +301,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         if not torch.isfinite(update).all():
             return self._skip("update", loss, state, hp)
 
+        undo = [p.detach().clone() for p in params] if hp["damping_factor"] is not None else None
         self._add_to_params(params, -update)
         # products, not **2: a float power raises OverflowError where a product gives inf
         model_decrease = 0.5 * (alpha * alpha * g_dir + 2 * alpha * mu * g_prev + mu * mu * q) - (
@@ -303,7 +313,8 @@ class CurvatureOptimizer(torch.optim.Optimizer):
                 new_loss = self._mean_over_ranks(operator, closure())
             self.stats["num_forward"] = 1
             if not torch.isfinite(new_loss):
-                self._add_to_params(params, update)
+                with torch.no_grad():
+                    torch._foreach_copy_(params, undo)  # exactly θ_t again
                 return self._skip("loss after the step", loss, state, hp)
             rho = (float(new_loss) - float(loss)) / model_decrease
             state["damping"] = levenberg_marquardt(
@@ -373,12 +384,29 @@ class SeriesSFN(CurvatureOptimizer):
         num_terms: ``K ≥ 1``. ``K = 1`` is ``Δ = g/(√V + λ)`` with no HVP at all.
         acceleration_order: ``r ≥ 0``, Wynn's ε on the last ``2r + 1`` partial sums.
         damping: ``λ₀ ≥ 0`` (in units of eigenvalues of ``H``).
-        scale: ``V > 0`` for ``"fixed"``, ``V₀`` for ``"lower_bound"``; unused by ``"power"``.
-        scale_rule: ``"lower_bound"`` (the paper's: ``V_t = max(V_{t−1}, ‖H²g‖/‖g‖)``, free,
-            since ``H²g`` is the series' first product pair, but only a lower bound of
-            ``λ_max(H²)``, so the series may diverge: ``stats["diverging"]`` and a warning say
-            so), ``"power"`` (``V = κ ĥ_max²`` by ``power_iterations`` warm-started power
-            iterations, ``κ = scale_safety ≥ 1``; costs those HVPs) or ``"fixed"``.
+        scale: ``V > 0`` for ``"fixed"``, ``V₀`` for ``"lower_bound"``; unused by ``"ritz"``
+            and ``"power"``.
+        scale_rule: how ``V`` is chosen each step (the series converges where ``h² ≤ 2V``, and
+            resolves eigenvalues down to about ``√(V/K)`` only, see below):
+
+            - ``"ritz"`` (default): ``V = (κ λ̂_max)²`` with ``κ = scale_safety`` and ``λ̂_max²``
+              the smallest of the largest Ritz values of ``H²`` of the last three steps' series
+              (:func:`sfn_teach.series.ritz_values`: their own moments, no extra product), so
+              ``V`` follows the spectrum down at once, and one batch with an outlying spectrum
+              does not inflate the next steps' ``V``. The first step (and, for ``K ≤ 2``,
+              whose Krylov space is too small, every ``power_every`` steps) takes
+              ``power_iterations`` warm-started power iterations instead. If a term grows
+              (some ``h² > 2V``), the series stops there and ``V`` grows at once — to ``κ²``
+              times the Ritz estimate so far, at least doubled — and the series is summed
+              again (up to three times; the last time to the end); every product is counted
+              in ``stats["num_hvps"]`` and ``stats["scale_products"]``.
+            - ``"lower_bound"`` (the paper's): ``V_t = max(V_{t−1}, ‖H²g‖/‖g‖)``, free, since
+              ``H²g`` is the series' first product pair; it only grows, and only bounds
+              ``λ_max(H²)`` from below, so the series may diverge (``stats["diverging"]`` and a
+              warning say so).
+            - ``"power"``: ``V = (κ ĥ_max)²`` from ``power_iterations`` power iterations every
+              step, warm-started (costs those products).
+            - ``"fixed"``: ``V = scale``.
         adaptive: the paper's adaptive ``(α, μ)`` (see the module docstring).
         damping_factor: ``ω ∈ (0, 1)`` switches Levenberg–Marquardt damping on (one extra
             forward pass per step); ``None`` keeps ``λ`` fixed.
@@ -386,6 +414,9 @@ class SeriesSFN(CurvatureOptimizer):
         sablonniere: Sablonnière's weights in the ε-algorithm.
         kind: ``"damped"`` (target ``(|H| + λI)⁻¹g``) or ``"quasi-damped"``
             (``(H² + λI)^(-½) g``, where ``λ`` is in units of eigenvalues of ``H²``).
+        power_iterations: products per power iteration (``"ritz"``, ``"power"``).
+        power_every: ``"ritz"`` with ``K ≤ 2``: steps between power iterations.
+        scale_safety: ``κ ≥ 1`` of ``"ritz"`` and ``"power"``.
         hvp_backend: ``"double-backward"`` (one forward/backward per step, the graph kept for
             every product), ``"forward-over-reverse"`` (forward-mode AD over the gradient;
             re-runs the closure per product, so the closure must be deterministic and free of
@@ -398,6 +429,15 @@ class SeriesSFN(CurvatureOptimizer):
             ranks (:mod:`sfn_teach.distributed`), so every rank takes the same step as one
             process on the whole batch. ``stats`` then report ``allreduce_bytes`` and
             ``allreduce_seconds`` per step. ``None``: one process.
+
+    **What V does to the step.** Per eigenvalue the series applies the polynomial filter
+    ``φ_K(h)`` (:func:`sfn_teach.series.spectral_filter`), which is flat for
+    ``|h| ≲ √(V/K)``: there it equals about ``φ_K(0) ≈ 2√(K/(πV))``, as if SFN had an extra
+    *implicit damping* of ``½√(πV/K)``. If ``V ≫ λ_max²``, every eigenvalue is in the flat part
+    and the step is gradient descent with learning rate ``≈ 2√(K/(πV))``. ``stats`` report
+    ``lambda_max`` (``λ̂_max``, the Ritz estimate), ``scale_ratio`` (``V/λ̂_max²``) and
+    ``implicit_damping`` next to ``damping``; a warning (once) says when ``V/λ̂_max²`` exceeds
+    :data:`GRADIENT_DESCENT_RATIO`.
 
     Differences from the reference code, on purpose: ``K = 1`` honours ``λ``; ``K < 2r + 1``
     is refused here instead of failing inside the ε-table; the coefficients are computed by a
@@ -414,7 +454,7 @@ class SeriesSFN(CurvatureOptimizer):
         acceleration_order: int = 0,
         damping: float = 1e-4,
         scale: float = 100.0,
-        scale_rule: str = "lower_bound",
+        scale_rule: str = "ritz",
         adaptive: bool = False,
         damping_factor: float | None = None,
         damping_min: float = 1e-8,
@@ -423,7 +463,8 @@ class SeriesSFN(CurvatureOptimizer):
         kind: str = "damped",
         hvp_backend: str = "double-backward",
         power_iterations: int = 10,
-        scale_safety: float = 1.0,
+        power_every: int = 10,
+        scale_safety: float = 1.25,
         max_skipped_steps: int = 10,
         process_group=None,
     ):
@@ -432,8 +473,8 @@ class SeriesSFN(CurvatureOptimizer):
             damping=damping, scale=scale, scale_rule=scale_rule, adaptive=adaptive,
             damping_factor=damping_factor, damping_min=damping_min, damping_max=damping_max,
             sablonniere=sablonniere, kind=kind, hvp_backend=hvp_backend,
-            power_iterations=power_iterations, scale_safety=scale_safety,
-            max_skipped_steps=max_skipped_steps,
+            power_iterations=power_iterations, power_every=power_every,
+            scale_safety=scale_safety, max_skipped_steps=max_skipped_steps,
         )
         self._check_series(defaults)
         super().__init__(params, defaults, process_group)
@@ -454,6 +495,7 @@ class SeriesSFN(CurvatureOptimizer):
         _choice("kind", hp["kind"], KINDS)
         _choice("hvp_backend", hp["hvp_backend"], PARAMS_BACKENDS)
         _integer("power_iterations", hp["power_iterations"], 1)
+        _integer("power_every", hp["power_every"], 1)
         hp["scale_safety"] = _real("scale_safety", hp["scale_safety"], 1.0)
 
     def _hyperparameters(self):
@@ -461,45 +503,117 @@ class SeriesSFN(CurvatureOptimizer):
         self._check_series(dict(hp))
         return hp
 
-    def _direction(self, operator, state, hp):
-        grad, matvec = operator.grad, operator.matvec
-        square_of_grad, extra_products = None, 0
-        if hp["scale_rule"] == "fixed":
+    def _power_estimate(self, operator, state, hp):
+        """``ĥ_max²`` by warm-started power iteration; returns it and the products used."""
+        grad = operator.grad
+        estimate = power_iteration(
+            operator.matvec, grad.numel(), num_iterations=hp["power_iterations"],
+            init=state.get("power_vector"), dtype=grad.dtype, device=grad.device,
+            generator=torch.Generator(grad.device).manual_seed(0),  # the same on every rank
+        )
+        state["power_vector"], state["power_step"] = estimate.vector, state["step"]
+        return estimate.value**2, estimate.num_products
+
+    def _scale(self, operator, state, hp):
+        """Set ``state["scale"]`` (V) for this step; return ``(H²g or None, extra products)``."""
+        rule, safety = hp["scale_rule"], hp["scale_safety"] ** 2
+        if rule == "fixed":
             state["scale"] = hp["scale"]
-        elif hp["scale_rule"] == "power":
-            estimate = power_iteration(
-                matvec, grad.numel(), num_iterations=hp["power_iterations"],
-                init=state.get("power_vector"), dtype=grad.dtype, device=grad.device,
-                generator=torch.Generator(grad.device).manual_seed(0),  # the same on every rank
-            )
-            state["power_vector"] = estimate.vector
-            state["scale"] = hp["scale_safety"] * estimate.value**2
-            extra_products = estimate.num_products
+        elif rule == "power":
+            estimate, products = self._power_estimate(operator, state, hp)
+            state["scale"] = safety * estimate
+            return None, products
+        elif rule == "ritz":
+            products = 0
+            stale = state["step"] - state.get("power_step", -math.inf) >= hp["power_every"]
+            if not state.get("spectrum_estimates") or (hp["num_terms"] <= 2 and stale):
+                estimate, products = self._power_estimate(operator, state, hp)
+                self._remember_spectrum(state, estimate)
+            state["scale"] = safety * min(state["spectrum_estimates"])
+            return None, products
         elif hp["num_terms"] > 1:  # lower_bound, from the series' own first product pair
-            square_of_grad = matvec(matvec(grad))
+            grad = operator.grad
+            square_of_grad = operator.matvec(operator.matvec(grad))
             grad_norm = float(grad.norm())
             if grad_norm > 0:
                 state["scale"] = max(state["scale"], float(square_of_grad.norm()) / grad_norm)
-        result = sfn_series(
-            matvec, grad, hp["num_terms"], state["scale"], state["damping"],
+            return square_of_grad, 0
+        return None, 0
+
+    def _series(self, operator, state, hp, square_of_grad=None, retries=0):
+        """The series at this step's ``V``; under ``"ritz"`` it stops at the first growing term
+        while a retry with a larger ``V`` is still allowed."""
+        stop = hp["scale_rule"] == "ritz" and retries < MAX_SCALE_RETRIES
+        return sfn_series(
+            operator.matvec, operator.grad, hp["num_terms"], state["scale"], state["damping"],
             hp["acceleration_order"], hp["sablonniere"], hp["kind"],
-            square_of_grad=square_of_grad,
+            square_of_grad=square_of_grad, stop_if_diverging=stop,
         )
+
+    def _direction(self, operator, state, hp):
+        square_of_grad, extra_products = self._scale(operator, state, hp)
+        result = self._series(operator, state, hp, square_of_grad)
+        retries = 0
+        while result.diverging and hp["scale_rule"] == "ritz" and retries < MAX_SCALE_RETRIES:
+            extra_products += result.num_hvps - 2  # H²g is reused: it does not depend on V
+            state["scale"] = max(2.0 * state["scale"],
+                                 hp["scale_safety"] ** 2 * float(result.ritz_values[-1]))
+            retries += 1
+            result = self._series(operator, state, hp, result.square_of_grad, retries)
         if result.diverging:
             warnings.warn(
                 f"SeriesSFN step {state['step']}: the series is diverging (its terms grow, so "
                 f"some eigenvalue has h² > 2V = {2 * state['scale']:.3g}); consider "
-                "scale_rule='power', a larger scale, or fewer terms",
+                "scale_rule='ritz', a larger scale, or fewer terms",
                 RuntimeWarning,
                 stacklevel=3,
             )
+        # the largest Ritz value: the next steps' V ("ritz"), and the diagnostics of every rule
+        if len(result.ritz_values) and (hp["num_terms"] > 2 or hp["scale_rule"] != "ritz"):
+            self._remember_spectrum(state, float(result.ritz_values[-1]))
+        self._report_spectrum(state, hp)
         self.stats.update(
             num_hvps=result.num_hvps + extra_products,
+            scale_products=extra_products,
+            scale_retries=retries,
             partial_sum_norms=result.partial_sum_norms,
             diverging=result.diverging,
             acceleration_failed=result.acceleration_failed,
         )
         return result.direction
+
+    @staticmethod
+    def _remember_spectrum(state, estimate):
+        """Keep the newest :data:`SPECTRUM_MEMORY` estimates of ``λ_max(H²)``. The smallest sets
+        ``V``: a batch whose spectrum is an outlier does not inflate the next steps' ``V`` (too
+        large a ``V`` blurs the filter), and a ``V`` too small costs little, because a diverging
+        series is stopped at its first growing term and summed again."""
+        state["spectrum_estimates"] = [*state.get("spectrum_estimates", []),
+                                       estimate][-SPECTRUM_MEMORY:]
+
+    def _report_spectrum(self, state, hp):
+        """``λ̂_max`` (this step's estimate), ``V/λ̂_max²`` and the implicit damping in
+        ``stats``; warn once if the series has become gradient descent."""
+        scale = state["scale"]
+        estimate = (state.get("spectrum_estimates") or [None])[-1]
+        lambda_max = math.sqrt(estimate) if estimate else None
+        ratio = scale / estimate if estimate else None
+        implicit_damping = 0.5 * math.sqrt(math.pi * scale / hp["num_terms"])
+        self.stats.update(lambda_max=lambda_max, scale_ratio=ratio,
+                          implicit_damping=implicit_damping)
+        if ratio is not None and ratio > GRADIENT_DESCENT_RATIO and not state.get("warned"):
+            state["warned"] = True
+            rate = 2 * math.sqrt(hp["num_terms"] / (math.pi * scale))
+            warnings.warn(
+                f"SeriesSFN step {state['step']}: V = {scale:.3g} is {ratio:.3g} × λ̂_max² "
+                f"(λ̂_max ≈ {lambda_max:.3g}): every eigenvalue lies where the series' filter "
+                f"is flat, so this is gradient descent with learning rate ≈ 2√(K/(πV)) = "
+                f"{rate:.3g} (an implicit damping ½√(πV/K) = {implicit_damping:.3g} next to "
+                f"λ = {state['damping']:.3g}). Use scale_rule='ritz' (the default) so that V "
+                "follows the spectrum, or a smaller scale",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,13 @@ scalar polynomial ``φ_K(h) = V^(-½) Σ_{k<K} c_k (1 − h²/V)^k`` to each eig
 (:func:`spectral_filter`); it converges to ``1/(|h| + λ)`` if and only if ``0 < h² ≤ 2V``
 (for ``λ > 0`` also at ``h = 0``). Wynn's ε-algorithm (:func:`wynn_epsilon`) accelerates it.
 
+**The spectrum for free.** The terms are ``v_k = X^k g`` with ``X = I − H²/V``, so their inner
+products are the moments ``ν_s = gᵀ X^s g`` (``ν_{2k} = ‖v_k‖²``, ``ν_{2k+1} = v_kᵀv_{k+1}``).
+From them alone, with no further product, :func:`ritz_values` gives the Rayleigh–Ritz estimates
+of the eigenvalues of ``H²`` on the Krylov space ``span{g, H²g, H⁴g, …}`` — in particular a
+lower bound of ``λ_max(H²)`` that is usually close, which the ``"ritz"`` scale rule of
+:class:`sfn_teach.optim.SeriesSFN` uses to choose the next step's ``V``.
+
 The *quasi-damped* variant targets ``(H² + λI)^(-½) g`` instead: ``x = 1 − (h² + λ)/V`` and
 the undamped coefficients ``a_k = C(2k, k)/4^k``.
 """
@@ -228,7 +235,10 @@ class SeriesResult:
     a growing term therefore proves an eigenvalue with ``h² > 2V``, whose component grows
     geometrically in every later term and partial sum: ``diverging`` is then set.
     ``square_of_grad`` is ``H²g``, the first product pair (``None`` when ``K = 1``); the
-    ``lower_bound`` scale rule reads ``‖H²g‖/‖g‖`` from it.
+    ``lower_bound`` scale rule reads ``‖H²g‖/‖g‖`` from it. ``moments`` are
+    ``ν_0, …, ν_{2K−2}`` with ``ν_s = gᵀ X^s g`` (float64; module docstring) and
+    ``ritz_values`` the Ritz values of ``H²`` they give (:func:`ritz_values`, ascending; empty
+    for ``K = 1``).
     """
 
     direction: torch.Tensor
@@ -238,6 +248,59 @@ class SeriesResult:
     diverging: bool = False
     acceleration_failed: bool = False
     square_of_grad: torch.Tensor | None = None
+    moments: list[float] = field(default_factory=list)
+    ritz_values: torch.Tensor | None = None
+
+
+def ritz_values(
+    moments: Sequence[float],
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Rayleigh–Ritz estimates of the eigenvalues of ``H²`` from the series' moments.
+
+    ``moments`` are ``ν_s = gᵀ X^s g`` for ``s = 0, 1, …`` with ``X = I − H²/V``
+    (quasi-damped: ``X = I − (H² + λI)/V``), as :func:`sfn_series` collects them. On the
+    Krylov space spanned by ``v_i = X^i g``, ``i < m``, the Gram matrix and the matrix of
+    ``X`` are Hankel matrices of moments,
+
+        G_ij = v_iᵀ v_j = ν_{i+j},        A_ij = v_iᵀ X v_j = ν_{i+j+1},
+
+    so the Ritz values ``ξ`` of ``X`` solve ``A y = ξ G y`` and those of ``H²`` are
+    ``V(1 − ξ)`` (minus ``λ``, quasi-damped): the eigenvalues of ``H²`` compressed to
+    ``span{g, H²g, …, H^{2(m−1)}g}``. They lie within ``[λ_min(H²), λ_max(H²)]``, and the
+    largest is the Lanczos estimate of ``λ_max(H²)``, from below.
+
+    ``m`` is as large as the moments allow (``2m ≤`` their number) while the basis stays
+    numerically independent: Hankel matrices of moments grow ill-conditioned quickly with
+    ``m``, so ``m`` stops before the first ``v_i`` whose part outside the earlier ones (a pivot
+    of the Cholesky factor of the normalised ``G``, squared) is below ``√ε`` of ``dtype``, the
+    precision the vectors were computed in. Returns the Ritz values of ``H²`` in ascending
+    order (float64; empty if ``g = 0`` or there are fewer than two moments).
+    """
+    scale = _check_real("scale", scale, positive=True)
+    damping = _check_real("damping", damping, positive=False)
+    shift = damping if _check_kind(kind) == "quasi-damped" else 0.0
+    nu = torch.as_tensor(list(moments), dtype=torch.float64)
+    size = len(nu) // 2
+    if size == 0 or not nu[0] > 0 or not torch.isfinite(nu).all():
+        return torch.empty(0, dtype=torch.float64)
+    index = torch.arange(size)
+    gram, product = nu[index[:, None] + index], nu[index[:, None] + index + 1]
+    tolerance = math.sqrt(torch.finfo(dtype).eps)
+    for m in range(size, 0, -1):  # the largest m whose basis is well-conditioned
+        inverse_norms = gram.diagonal()[:m].rsqrt()
+        normalised = gram[:m, :m] * inverse_norms[:, None] * inverse_norms
+        factor, info = torch.linalg.cholesky_ex(normalised)
+        if info.item() == 0 and factor.diagonal().square().min() > tolerance:
+            break
+    scaled = product[:m, :m] * inverse_norms[:, None] * inverse_norms
+    half = torch.linalg.solve_triangular(factor, scaled, upper=False)
+    compressed = torch.linalg.solve_triangular(factor, half.T, upper=False)
+    xi = torch.linalg.eigvalsh(0.5 * (compressed + compressed.T))
+    return (scale * (1.0 - xi) - shift).flip(0)
 
 
 #: relative growth of a series term above which it counts as growing (rounding is far below)
@@ -254,6 +317,7 @@ def sfn_series(
     sablonniere: bool = False,
     kind: str = "damped",
     square_of_grad: torch.Tensor | None = None,
+    stop_if_diverging: bool = False,
 ) -> SeriesResult:
     """Sum the series for ``Δ ≈ (|H| + λI)⁻¹ g`` and return it with diagnostics.
 
@@ -270,6 +334,11 @@ def sfn_series(
 
     ``square_of_grad``, when given, is ``H(Hg)`` already computed by the caller; it is used
     as the first product pair (and counted), so the total stays ``2(K − 1)`` products.
+
+    ``stop_if_diverging=True`` checks each term as it comes (one host synchronisation per
+    term) and stops at the first that grows: ``diverging`` is set, ``direction`` is the partial
+    sum so far (not to be used), and ``num_hvps``, the moments and ``ritz_values`` cover the
+    terms computed. A caller that will retry with a larger ``V`` wastes no products that way.
     """
     num_terms = _check_int("num_terms", num_terms, 1)
     scale = _check_real("scale", scale, positive=True)
@@ -294,6 +363,8 @@ def sfn_series(
     partial_sum = coefficients[0] * grad
     norm = torch.linalg.vector_norm  # (Tensor.norm adds a Python wrapper per call)
     term_norms, sum_norms = [norm(term)], [norm(partial_sum)]
+    wide = term.double()  # the moments ν_s = gᵀXˢg are accumulated in float64
+    moments = [torch.dot(wide, wide)]
     window = [partial_sum]  # the last 2r+1 partial sums, for the ε-algorithm
     first_square = square_of_grad
     for k in range(1, num_terms):
@@ -307,12 +378,17 @@ def sfn_series(
         window = (window + [partial_sum])[-window_size:]
         term_norms.append(norm(term))
         sum_norms.append(norm(partial_sum))
+        wide, previous = term.double(), wide
+        moments += [torch.dot(previous, wide), torch.dot(wide, wide)]  # ν_{2k−1}, ν_{2k}
+        if stop_if_diverging and term_norms[-1] > (1 + GROWTH_TOLERANCE) * term_norms[-2]:
+            break
 
     root_scale = math.sqrt(scale)
     term_norms = torch.stack(term_norms).tolist()
+    moments = torch.stack(moments).tolist()
     result = SeriesResult(
         direction=partial_sum / root_scale,
-        num_hvps=2 * (num_terms - 1),
+        num_hvps=2 * (len(term_norms) - 1),
         term_norms=term_norms,
         partial_sum_norms=[n / root_scale for n in torch.stack(sum_norms).tolist()],
         diverging=any(
@@ -320,8 +396,10 @@ def sfn_series(
             for earlier, later in zip(term_norms, term_norms[1:])
         ),
         square_of_grad=first_square,
+        moments=moments,
+        ritz_values=ritz_values(moments, scale, damping, kind, grad.dtype),
     )
-    if acceleration_order > 0:
+    if acceleration_order > 0 and not result.diverging:
         accelerated = wynn_epsilon(window, acceleration_order, sablonniere)
         if torch.isfinite(accelerated).all():
             result.direction = accelerated / root_scale

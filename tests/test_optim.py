@@ -123,14 +123,15 @@ def test_lower_bound_scale_rule_uses_first_square_of_gradient():
     start = [1.0, 1.0, 1.0]
     g = hessian @ torch.tensor(start)
     expected = max(100.0, float((hessian @ hessian @ g).norm() / g.norm()))
-    _, _, optimizer = run(SeriesSFN, f, start, 1, num_terms=3)
+    _, _, optimizer = run(SeriesSFN, f, start, 1, num_terms=3, scale_rule="lower_bound")
     assert optimizer.stats["scale"] == pytest.approx(expected, rel=1e-14)
     assert expected > 100.0 and optimizer.stats["num_hvps"] == 4  # the pair is reused
 
 
 def test_single_term_uses_no_hvp_and_honours_damping():
     theta = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    optimizer = SeriesSFN([theta], lr=1.0, num_terms=1, damping=0.5, scale=16.0)
+    optimizer = SeriesSFN([theta], lr=1.0, num_terms=1, damping=0.5, scale=16.0,
+                          scale_rule="fixed")
     g = torch.tensor([4 * 1.0 + 2 * -2.0, 2 * 1.0 - 2 * -2.0])
     optimizer.step(lambda: paper_toy(theta))
     torch.testing.assert_close(theta.detach(), torch.tensor([1.0, -2.0]) - g / 4.5)
@@ -143,7 +144,7 @@ def test_power_scale_rule_bounds_the_spectrum():
         SeriesSFN, quadratic(hessian, torch.ones(3)), [1.0, 1.0, 1.0], 3,
         num_terms=5, scale_rule="power", power_iterations=30, scale_safety=1.2,
     )
-    assert optimizer.stats["scale"] == pytest.approx(1.2 * 50.0**2, rel=1e-3)
+    assert optimizer.stats["scale"] == pytest.approx((1.2 * 50.0) ** 2, rel=1e-3)
     assert not optimizer.stats["diverging"]
     assert optimizer.stats["num_hvps"] > 8  # the series' 8 plus the power iterations
 
@@ -298,7 +299,8 @@ def test_step_to_non_finite_loss_is_undone():
 def test_diverging_series_is_reported():
     hessian = torch.diag(torch.tensor([40.0, 1.0]))
     theta = torch.nn.Parameter(torch.tensor([0.0, 1.0]))  # g has no component along h = 40
-    optimizer = SeriesSFN([theta], num_terms=12, scale=1.0)  # so ‖H²g‖/‖g‖ = 1 misses h = 40
+    optimizer = SeriesSFN([theta], num_terms=12, scale=1.0,  # so ‖H²g‖/‖g‖ = 1 misses h = 40
+                          scale_rule="lower_bound")
     theta.data[0] = 1e-6
     with pytest.warns(RuntimeWarning, match="diverging"):
         optimizer.step(lambda: 0.5 * theta @ hessian @ theta)
@@ -397,7 +399,7 @@ def test_dense_backend_takes_the_same_steps_as_double_backward():
         model = TinyNet(seed=8)
         optimizer = SeriesSFN(
             model.parameters(), num_terms=6, acceleration_order=1, hvp_backend=backend,
-            adaptive=True, damping_factor=0.9,
+            adaptive=True, damping_factor=0.9, scale_rule="lower_bound",
         )
         for _ in range(3):
             optimizer.step(model.loss)

@@ -87,7 +87,9 @@ def test_records_schedule_and_cost_accounting(digits):
     assert records[0]["batch_loss"] is None and records[0]["grad_equivalents"] == 0
     hvps = sum(s["num_hvps"] for s in per_step)
     forward = sum(s.get("num_forward", 0) for s in per_step)
-    assert hvps == 7 * 2 * (4 - 1) and forward == 7  # lower-bound scale reuses the first H²g
+    scale_products = [s["scale_products"] for s in per_step]  # the "ritz" rule's extra ones
+    assert scale_products[0] > 0  # the power iteration that starts the "ritz" rule
+    assert hvps == 7 * 2 * (4 - 1) + sum(scale_products) and forward == 7
     last = records[-1]
     assert (last["gradients"], last["hvps"], last["forward"]) == (7, hvps, forward)
     assert last["grad_equivalents"] == CostModel()(7, hvps, forward) == 7 + 2.0 * hvps + 3.5
