@@ -47,6 +47,8 @@ FAST = os.environ.get("SFN_TEACH_FAST") == "1"
 CONFIG_ON_GPU = "cifar10_resnet18_quick"  # or "cifar10_resnet18_paper" (72 epochs, hours)
 USE_GENERATED_DATA = False  # True: a full-size generated archive instead of downloading CIFAR-10
 RUN_ON_OPEN = None  # run the benchmark when the notebook runs (None: only the CPU smoke run)
+SPECTRUM_WIDTH = 4 if FAST else 8  # ResNet-18 width for λ_max at initialisation (64: the full one)
+SPECTRUM_BATCH = 64 if FAST else 128
 OUT_DIR = "../runs/notebook05"  # git-ignored; pressing Run again resumes an interrupted run
 
 # %%
@@ -56,6 +58,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 try:
@@ -72,7 +75,8 @@ from sfn_teach.bench import (
     validate_config,
 )
 from sfn_teach.benchmark_panel import BenchmarkPanel
-from sfn_teach.cifar10 import CLASSES
+from sfn_teach.cifar10 import CLASSES, synthetic_cifar_batch
+from sfn_teach.hvp import ModelHVP, power_iteration
 from sfn_teach.models import count_parameters, resnet18_cifar
 
 # %matplotlib inline
@@ -114,13 +118,13 @@ run_on_open = (not HAS_GPU) if RUN_ON_OPEN is None else RUN_ON_OPEN
 C_HVP = 2.7  # gradients per HVP: the CPU measurement for ResNet-18 (bench/hvp_cost.py)
 paper = load_config(BENCHMARKS / "cifar10_resnet18_paper.toml")
 costs = {}
-print(f"{'optimiser':>28} {'batch':>6} {'steps/epoch':>12} {'HVPs/step':>10} {'g/step':>7}")
+print(f"{'optimiser':>44} {'batch':>6} {'steps/epoch':>12} {'HVPs/step':>10} {'g/step':>7}")
 for spec in paper.optimizers:
     hp = spec.hyperparameters
     hvps = 2 * (hp["num_terms"] - 1) if spec.type == "series_sfn" else 0
     costs[spec.name] = 1 + C_HVP * hvps + (0.5 if hp.get("damping_factor") else 0)
     steps_per_epoch = paper.num_steps(spec) // paper.epochs
-    print(f"{spec.name:>28} {spec.batch_size:>6} {steps_per_epoch:>12} {hvps:>10} "
+    print(f"{spec.name:>44} {spec.batch_size:>6} {steps_per_epoch:>12} {hvps:>10} "
           f"{costs[spec.name]:>7.1f}")
 print(f"\nResNet-18: {count_parameters(resnet18_cifar()):,} parameters; {paper.epochs} epochs "
       "of 45,000 training images (5,000 held out for validation)")
@@ -128,7 +132,7 @@ print(f"\nResNet-18: {count_parameters(resnet18_cifar()):,} parameters; {paper.e
 # An epoch passes every training image once, so its work is (g per step) gradient passes
 # over the training set, whatever the batch size.
 fig, ax = plt.subplots(figsize=(7, 3.2))
-ax.barh(list(costs), list(costs.values()), color=["C0", "C1", "C2", "C3"])
+ax.barh(list(costs), list(costs.values()), color=[f"C{i}" for i in range(len(costs))])
 ax.set(xlabel="work per epoch, in gradient passes over the training set",
        title=f"Cost of the paper's settings (c_HVP = {C_HVP})")
 plt.show()
@@ -138,6 +142,42 @@ plt.show()
 # of SGD, and the damped unadaptive variant with $K = 2$ about 6.4 times. The paper compares
 # the optimisers *per unit of time*, with every one tuned under the same time budget: a
 # fair comparison has to pay for the curvature.
+
+# %% [markdown]
+# ### Where does the paper's $V_0 = 100$ sit on this network's spectrum?
+#
+# The series resolves eigenvalues only down to about $\sqrt{V/K}$ and converges only where
+# $h^2 \le 2V$ (notebooks 03 and 04). On the digits MLP of notebook 04, $V_0 = 100$ lay a
+# hundred times *above* $\lambda_{\max}^2$, so the series was gradient descent in disguise.
+# Here is $\hat\lambda_{\max}$ of ResNet-18 at initialisation, by power iteration with
+# Hessian-vector products (training-mode BatchNorm, a batch of generated CIFAR-shaped
+# images; on a CPU a narrower network, which has the same layers).
+
+# %%
+device = torch.device("cuda" if HAS_GPU else "cpu")
+torch.manual_seed(0)
+spectrum_model = resnet18_cifar(width=SPECTRUM_WIDTH).to(device).train()
+spectrum_images, spectrum_labels = synthetic_cifar_batch(
+    SPECTRUM_BATCH, device, torch.Generator(device).manual_seed(0))
+spectrum_operator = ModelHVP(spectrum_model, F.cross_entropy, spectrum_images, spectrum_labels)
+estimate = power_iteration(spectrum_operator.matvec, spectrum_operator.grad.numel(),
+                           num_iterations=30, tol=1e-3, dtype=spectrum_operator.grad.dtype,
+                           device=device, generator=torch.Generator(device).manual_seed(0))
+lambda_max = estimate.value
+print(f"ResNet-18 of width {SPECTRUM_WIDTH} at initialisation: λ̂_max ≈ {lambda_max:.3g} "
+      f"({estimate.num_products} HVPs), λ̂_max² ≈ {lambda_max ** 2:.3g}; "
+      f"V₀ = 100 is {100 / lambda_max ** 2:.2g} · λ̂_max²")
+assert 100 < lambda_max**2 / 2, "the text below says V₀ = 100 lies below λ_max²/2 here"
+
+# %% [markdown]
+# Here it is the other way round: $V_0 = 100$ lies *below* $\lambda_{\max}^2/2$, where the
+# series diverges. The paper's rule ($V_t = \max(V_{t-1}, \|H^2g\|/\|g\|)$) raises $V$ from
+# the first product pair at once, but $\|H^2 g\|/\|g\|$ only bounds $\lambda_{\max}^2$
+# from below, so the first steps may still diverge (the warning in section 4). The library's
+# default rule, `scale_rule="ritz"`, starts from a power iteration and then takes
+# $V = (1.25\,\hat\lambda_{\max})^2$ from the Ritz values that the series' own terms give
+# for free, so $V$ follows the spectrum both ways (notebook 04). The configs keep the paper's
+# settings as the paper's rows ("paper's V rule") and add the default rule as its own row.
 
 # %% [markdown]
 # ## 3. The data
@@ -179,11 +219,13 @@ plt.show()
 #   (or shows a finished one). Interrupt the kernel to stop a run.
 # * On a GPU node the same run works from the command line, e.g.
 #   `python -m sfn_teach.bench run benchmarks/cifar10_resnet18_quick.toml --resume`.
-# * SeriesSFN may warn in its first steps that *the series is diverging*. That is the paper's
-#   scale rule at work: $V_t = \max(V_{t-1}, \|H^2 g\|/\|g\|)$ starts at $V_0 = 100$ and only
-#   bounds $\lambda_{\max}(H^2)$ from below, so an early step can overshoot; the
-#   Levenberg–Marquardt damping and the growing $V$ recover within a few steps (DESIGN.md §4).
-#   The warning says so rather than hiding it.
+# * The rows marked "paper's V rule" may warn in their first steps that *the series is
+#   diverging*. That is the paper's scale rule at work: $V_t = \max(V_{t-1}, \|H^2 g\|/\|g\|)$
+#   starts at $V_0 = 100$, below $\lambda_{\max}^2/2$ here, and only bounds
+#   $\lambda_{\max}(H^2)$ from below, so an early step can overshoot; the Levenberg–Marquardt
+#   damping and the growing $V$ recover within a few steps. The warning says so rather than
+#   hiding it. The default rule stops a diverging series at its first growing term and sums
+#   it again with a larger $V$ (counted in the HVPs).
 
 # %%
 budget = "epochs" if "epochs" in config["train"] else "steps"

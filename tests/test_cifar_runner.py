@@ -78,7 +78,7 @@ def test_smoke_config_trains_evaluates_checkpoints_resumes_and_reports(tmp_path,
     result = run_benchmark(config, out, resume=True, progress=False)
 
     records = result.records
-    assert [r["step"] for r in records] == [0, 1, 2, 3] * 4 and records[:6] == seen
+    assert [r["step"] for r in records] == [0, 1, 2, 3] * 5 and records[:6] == seen
     assert [r["optimizer"] for r in records[::4]] == [spec.name for spec in config.optimizers]
     for record in records:
         assert 0 <= record["test_accuracy"] <= 1 and record["val_loss"] > 0
@@ -194,12 +194,18 @@ def test_paper_and_quick_configs_hold_the_published_settings():
                 for spec in paper.optimizers}
     assert settings == {spec.name: (spec.type, spec.batch_size, spec.hyperparameters)
                         for spec in quick.optimizers}
-    adaptive, unadaptive, sgd, adam = (settings[name][2] for name in settings)
-    assert [settings[name][1] for name in settings] == [3200, 3200, 3200, 800]
+    adaptive, default_rule, unadaptive, sgd, adam = (settings[name][2] for name in settings)
+    assert [settings[name][1] for name in settings] == [3200, 3200, 3200, 3200, 800]
+    assert list(settings)[:3] == ["SeriesSFN adaptive, paper's V rule", "SeriesSFN adaptive",
+                                  "SeriesSFN damped unadaptive, paper's V rule"]
     assert adaptive == dict(num_terms=5, acceleration_order=2, damping=1.0366e-4, adaptive=True,
-                            damping_factor=0.9, scale=100.0, damping_min=1e-8)
+                            damping_factor=0.9, scale_rule="lower_bound", scale=100.0,
+                            damping_min=1e-8)
+    assert default_rule == dict(num_terms=5, acceleration_order=2, damping=1.0366e-4,
+                                adaptive=True, damping_factor=0.9, damping_min=1e-8)
     assert unadaptive == dict(num_terms=2, acceleration_order=0, damping=2.4447e-3, lr=0.56201,
-                              momentum=0.11519, scale=100.0, damping_min=1e-8)
+                              momentum=0.11519, scale_rule="lower_bound", scale=100.0,
+                              damping_min=1e-8)
     assert sgd == dict(lr=4.1140e-3)
     assert adam == dict(lr=7.7037e-5, eps=3.6138e-4, betas=(0.99734, 0.99990))
     assert paper.num_steps(paper.optimizers[0]) == 72 * (45_000 // 3200)
