@@ -380,6 +380,28 @@ def check_step_cost(num_terms: int, hvp_cost: float, levenberg_marquardt_damping
     )
 
 
+def check_terms_needed(h_min: float, h_max: float, answer) -> CheckResult:
+    """Check how many terms the series needs to be saddle-free over ``[h_min, h_max]``.
+
+    It converges only where ``h² ≤ 2V``, so the smallest safe scale is ``V = h_max²/2``; its
+    filter is flat (gradient descent) for ``|h| ≲ √(V/K)``, so resolving ``h_min`` needs
+    ``K ≈ V/h_min² = ½ (h_max/h_min)²``: the square of the condition number. Accepted within
+    5 %, since the rule is an estimate.
+    """
+    if _unanswered(answer):
+        return _not_yet("number of terms")
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        return _report(False, f"give a number, got {type(answer).__name__}")
+    expected = 0.5 * (h_max / h_min) ** 2
+    where = f"for |h| from {h_min:g} to {h_max:g}"
+    if abs(answer - expected) <= 0.05 * expected:
+        return _report(True, f"right: about that many terms {where} — the square of the "
+                             "condition number, halved.")
+    return _report(False, f"not the number of terms {where}. Hint: take the smallest V for "
+                          "which the series converges at h_max, then the K for which the flat "
+                          "part of the filter, |h| ≲ √(V/K), ends at h_min.")
+
+
 # --------------------------------------------------------------------------------------------
 # Scale (notebook 05)
 # --------------------------------------------------------------------------------------------

@@ -499,6 +499,55 @@ def plot_filter_error(
     return fig, ax
 
 
+def plot_filter_on_spectrum(
+    eigenvalues,
+    num_terms: int,
+    scales: Sequence[float],
+    damping: float = 0.0,
+    ax=None,
+):
+    """What the series does to a measured spectrum: ``φ_K(|h|)`` for each ``V`` in ``scales``.
+
+    On log–log axes against ``|h|`` over the range of the measured ``eigenvalues`` (drawn as
+    a rug at the bottom): the target ``1/(|h| + λ)`` of saddle-free Newton, each filter
+    ``φ_K`` (dotted beyond ``√(2V)``, where it diverges), and for each ``V`` the level
+    ``φ_K(0) ≈ 2√(K/(πV))`` (thin) that the filter keeps for ``|h| ≲ √(V/K)``: an eigenvalue
+    there is scaled like a gradient-descent step with that learning rate. If every measured
+    ``|h|`` is in that flat part the step is gradient descent in disguise. Returns ``(fig, ax)``.
+    """
+    magnitudes = torch.as_tensor(eigenvalues, dtype=torch.float64).abs()
+    magnitudes = magnitudes[magnitudes > 0]
+    if magnitudes.numel() == 0:
+        raise ValueError("eigenvalues must hold at least one non-zero eigenvalue")
+    low, high = float(magnitudes.min()), float(magnitudes.max())
+    h = torch.logspace(math.log10(low) - 0.3, math.log10(high) + 0.3, 400, dtype=torch.float64)
+    fig, ax = _figure_and_axes(ax, figsize=(6.5, 4.5))
+    ax.plot(h.numpy(), filter_target(h, damping).numpy(), "k", lw=1.2,
+            label=_target_label(damping, "damped"))
+    for index, scale in enumerate(scales):
+        color = f"C{index}"
+        phi = spectral_filter(h, num_terms, scale, damping).abs()
+        inside = h <= convergence_limit(scale)
+        ax.plot(h[inside].numpy(), phi[inside].numpy(), color=color, lw=1.8,
+                label=rf"$\varphi_K$, K = {num_terms}, V = {scale:.3g}")
+        if not inside.all():
+            ax.plot(h[~inside].numpy(), phi[~inside].numpy(), color=color, lw=1.2, ls=":")
+        ax.axhline(2 * math.sqrt(num_terms / (math.pi * scale)), color=color, lw=0.8,
+                   alpha=0.6)
+    ax.plot(magnitudes.numpy(), np.zeros(magnitudes.numel()), "|", color="0.3", ms=12,
+            transform=ax.get_xaxis_transform(), label="measured |h|")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(float(h[0]), float(h[-1]))
+    ax.set_ylim(0.3 / (high + damping), 3 / (low + damping))
+    ax.set_xlabel("|h|")
+    ax.set_ylabel("multiplier of the component along q")
+    ax.set_title(f"the series' filter on a measured spectrum (λ = {damping:g})",
+                 fontsize="medium")
+    ax.legend(fontsize="x-small", loc="lower left")
+    return fig, ax
+
+
 # --------------------------------------------------------------------------------------------
 # Convergence of the direction
 # --------------------------------------------------------------------------------------------

@@ -148,6 +148,17 @@ def test_check_filter_limit():
     assert not exercises.check_filter_limit(8.0, "four").correct
 
 
+def test_check_terms_needed():
+    assert exercises.check_terms_needed(0.01, 1.0, 5000).correct
+    assert exercises.check_terms_needed(0.01, 1.0, 5100).correct  # an estimate: within 5 %
+    assert not exercises.check_terms_needed(0.01, 1.0, 100).correct  # κ, not κ²/2
+    wrong = exercises.check_terms_needed(0.1, 2.0, 20)
+    assert not wrong.correct and "√(V/K)" in wrong.message
+    assert_not_revealed(wrong.message, [200.0])
+    assert not exercises.check_terms_needed(0.1, 2.0, "many").correct
+    assert "not answered yet" in exercises.check_terms_needed(0.1, 2.0, ...).message
+
+
 def test_results_read_as_their_verdict():
     result = exercises.check_filter_limit(8.0, 4.0)
     assert repr(result) == "CheckResult(correct=True)"

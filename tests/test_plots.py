@@ -145,6 +145,29 @@ def test_spectral_filter_figure_has_each_K_the_target_and_the_limit():
     assert r"$|h| = \sqrt{2V}$" in legend_texts(ax)
 
 
+def test_filter_on_a_spectrum_draws_the_target_each_filter_and_its_flat_level():
+    eigenvalues = torch.tensor([-0.8, -1e-3, 2e-3, 0.05, 1.0], dtype=torch.float64)
+    fig, ax = plots.plot_filter_on_spectrum(eigenvalues, 10, [100.0, 1.5], damping=1e-3)
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    target, *rest = ax.lines
+    h = torch.as_tensor(target.get_xdata())
+    assert h[0] < 1e-3 < 1.0 < h[-1]
+    np.testing.assert_allclose(target.get_ydata(), 1 / (h.numpy() + 1e-3))
+    by_label = {line.get_label(): line for line in rest}
+    solid = by_label[r"$\varphi_K$, K = 10, V = 1.5"]
+    x = torch.as_tensor(solid.get_xdata())
+    assert float(x.max()) <= math.sqrt(3.0)  # drawn solid only where it converges
+    np.testing.assert_allclose(solid.get_ydata(), spectral_filter(x, 10, 1.5, 1e-3).abs())
+    flat = [line for line in ax.lines if line.get_ydata()[0] == line.get_ydata()[-1]
+            and len(line.get_ydata()) == 2]
+    assert sorted(float(line.get_ydata()[0]) for line in flat) == pytest.approx(
+        sorted(2 * math.sqrt(10 / (math.pi * v)) for v in (100.0, 1.5)))
+    rug = by_label["measured |h|"]
+    assert sorted(rug.get_xdata()) == pytest.approx(sorted(eigenvalues.abs().tolist()))
+    with pytest.raises(ValueError, match="non-zero eigenvalue"):
+        plots.plot_filter_on_spectrum(torch.zeros(3), 10, [1.0])
+
+
 def test_filter_error_figure_is_log_log_with_the_limit():
     fig, ax = plots.plot_filter_error(10, 8.0, h_range=(0.01, 5.0))
     assert ax.get_xscale() == ax.get_yscale() == "log"
