@@ -21,7 +21,11 @@ uses batch statistics and updates nothing (:func:`make_closure`).
 - the work in *gradient-equivalents* (:class:`CostModel`): one per gradient, ``c_HVP`` per
   Hessian-vector product and ``c_fwd`` per forward-only pass, counted from the optimiser's
   ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``; a ``torch.optim`` optimiser
-  costs one gradient per step). Evaluation passes are not counted;
+  costs one gradient per step). Per step, ``c_t = n_grad + c_HVP · n_HVP + c_fwd · n_fwd``, so
+  ``grad_equivalents = Σ_t c_t`` whatever the batch. ``example_grad_equivalents = Σ_t c_t B_t``
+  weighs each step by the examples ``B_t`` of its (global) batch: one gradient on one example
+  is 1, so a step on 400 examples costs four times one on 100. Evaluation passes and the
+  curvature diagnostics are not counted;
 - data-parallel (``process_group``), the optimiser's all-reduces: the bytes of the last step
   and the seconds spent in them during the steps counted in ``wall_clock``.
 
@@ -41,6 +45,17 @@ a compiled graph is not supported by PyTorch's AOTAutograd), the trainer restore
 falls back to the eager model, warns and says so in every record (``compiled``,
 ``compile_error``).
 
+**Time budgets.** :meth:`Trainer.run` with ``time_budget`` stops after the first step at which
+``wall_clock`` reaches it (``num_steps`` stays the cap) and records that step. How many steps
+fit in a time budget depends on the machine and its load, so a time-budgeted run is not
+reproducible step for step; everything else about it is. Data-parallel, rank 0's clock
+decides for every rank (the ranks' clocks differ, and they must stop at the same step).
+
+**Curvature diagnostics** (small models, ``curvature_every``): every few evaluations the
+record also holds, on a fixed diagnostic batch, the largest ``h²`` of the dense Hessian and the
+cosines between the gradient, the series direction and the exact saddle-free Newton direction
+(:func:`curvature_diagnostics`). Like evaluation, they are neither timed nor counted as work.
+
 **Determinism.** The data order and augmentation are a function of ``(seed, step)``
 (:class:`sfn_teach.data.Batches`) and :meth:`Trainer.state_dict` holds everything else that
 changes: the model, the optimiser, every random generator and the counters. With a fixed seed
@@ -59,6 +74,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -66,8 +82,10 @@ from .checkpoint import rng_state, set_rng_state
 from .data import SPLITS, Batches, Dataset, Split
 from .device import Precision, autocast, tf32, timed
 from .distributed import GradientMean, rank, world_size
-from .hvp import ModelHVP, batchnorm_policy, dense_hessian
+from .hvp import DENSE_MAX_DIM, ModelHVP, batchnorm_policy, dense_hessian
+from .models import count_parameters
 from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN
+from .series import exact_sfn_direction, sfn_series
 
 OPTIMIZERS = {
     "sgd": torch.optim.SGD,
@@ -78,8 +96,13 @@ OPTIMIZERS = {
 }
 """The optimisers a benchmark can name, by their config ``type``."""
 
-STAT_FIELDS = ("scale", "damping", "alpha", "mu", "rho")
-"""Statistics of the last step copied into every record (``V``, ``λ``, ``α``, ``μ``, ``ρ``)."""
+STAT_FIELDS = ("scale", "damping", "alpha", "mu", "rho", "lambda_max", "scale_ratio",
+               "implicit_damping")
+"""Statistics of the last step copied into every record: ``V``, ``λ``, ``α``, ``μ``, ``ρ`` and,
+from :class:`~sfn_teach.optim.SeriesSFN`, ``λ̂_max`` (a Ritz estimate of the largest ``|h|``),
+``V/λ̂_max²`` and the implicit damping ``½√(πV/K)``."""
+CURVATURE_FIELDS = ("lambda_max_squared", "cos_gradient_exact", "cos_series_exact")
+"""The record fields of the curvature diagnostics (:func:`curvature_diagnostics`)."""
 TIMING_FIELDS = ("wall_clock", "warmup_seconds", "compile_seconds", "allreduce_seconds",
                  "allreduce_share")
 """The record fields that are measured times (they differ between otherwise identical runs)."""
@@ -102,6 +125,24 @@ class CostModel:
 
     def __call__(self, gradients: int, hvps: int, forward: int) -> float:
         return gradients + self.hvp * hvps + self.forward * forward
+
+
+def _check_count(name: str, value, low: int, high: float = math.inf) -> int:
+    """Return ``value`` if it is an int with ``low ≤ value ≤ high``; else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        valid = f">= {low}" if high == math.inf else f"between {low} and {high}"
+        raise ValueError(f"{name} must be an int {valid}, got {value!r}")
+    return value
+
+
+def _check_time_budget(time_budget) -> None:
+    """Raise a ValueError unless ``time_budget`` is ``None`` or a finite number > 0."""
+    if time_budget is None:
+        return
+    if (isinstance(time_budget, bool) or not isinstance(time_budget, (int, float))
+            or not math.isfinite(time_budget) or time_budget <= 0):
+        raise ValueError(f"time_budget must be None or a finite number of seconds > 0, "
+                         f"got {time_budget!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -174,15 +215,79 @@ def evaluate(model, loss_fn, split: Split, batch_size: int | None = None) -> dic
     return {"loss": total_loss / len(split), "accuracy": correct / len(split)}
 
 
+def _hessian_and_gradient(model, loss_fn, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense Hessian ``H`` and the gradient ``g`` of ``loss_fn(model(inputs), targets)``.
+
+    ``H`` over all parameters of ``model`` is formed column by column from ``n`` exact
+    Hessian-vector products (:class:`sfn_teach.hvp.ModelHVP`: BatchNorm on batch statistics,
+    running statistics untouched), with TF32 off.
+    """
+    with tf32(False):
+        operator = ModelHVP(model, loss_fn, inputs, targets)
+        return dense_hessian(operator.matvec, operator.grad), operator.grad.detach()
+
+
 def hessian_eigenvalues(model, loss_fn, inputs, targets) -> torch.Tensor:
     """The eigenvalues ``h_1 ≤ … ≤ h_n`` of the Hessian of ``loss_fn(model(inputs), targets)``.
 
-    ``H`` over all parameters of ``model`` is formed column by column from ``n`` exact
-    Hessian-vector products (:class:`sfn_teach.hvp.ModelHVP`, BatchNorm on batch statistics)
+    ``H`` is formed from ``n`` exact Hessian-vector products (BatchNorm on batch statistics)
     and diagonalised with ``torch.linalg.eigvalsh``: small models only.
     """
-    operator = ModelHVP(model, loss_fn, inputs, targets)
-    return torch.linalg.eigvalsh(dense_hessian(operator.matvec, operator.grad))
+    hessian, _ = _hessian_and_gradient(model, loss_fn, inputs, targets)
+    return torch.linalg.eigvalsh(hessian)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``cos(a, b) = aᵀb / (‖a‖ ‖b‖)``."""
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def curvature_diagnostics(model, loss_fn, inputs, targets, optimizer) -> dict:
+    """How the directions of ``optimizer`` compare with exact saddle-free Newton, now.
+
+    On the batch ``(inputs, targets)``, with ``H`` the dense Hessian (eigenvalues ``h_i``) and
+    ``g`` the gradient of the loss there (:func:`hessian_eigenvalues`' construction), returns
+
+    - ``lambda_max_squared = max_i h_i²``, the largest eigenvalue of ``H²``: the series
+      converges where ``h² ≤ 2V``, so compare it with the ``V`` the optimiser uses;
+    - ``cos_gradient_exact = cos(g, Δ_exact)`` with ``Δ_exact = (|H| + λI)⁻¹ g``
+      (:func:`sfn_teach.series.exact_sfn_direction`, in the optimiser's ``kind``), where ``λ``
+      is the optimiser's current damping (its ``λ₀`` before the first step);
+    - ``cos_series_exact = cos(Δ_series, Δ_exact)`` for a :class:`~sfn_teach.optim.SeriesSFN`,
+      with ``Δ_series`` the series of its ``K``, ``r``, ``sablonniere`` and ``kind`` at its
+      current ``V`` and ``λ`` (:func:`sfn_teach.series.sfn_series` on ``v ↦ Hv``), i.e. the
+      direction its next step would take on this batch were ``V`` kept; from its first step on
+      (before it, it has no ``V`` yet).
+
+    ``Δ_exact`` is well defined only for ``λ > 0``: a network's Hessian has exactly flat
+    directions (e.g. the weights of an input that is always 0), along which ``(|H|)⁻¹g`` is
+    ``0/0``. So both cosines are ``None`` for ``λ = 0`` and for an optimiser without a damping
+    (``torch.optim``); ``cos_series_exact`` is ``None`` for every other optimiser too. The
+    model, the optimiser and every random generator are left as they were: this is an
+    instrument, and costs ``n`` Hessian-vector products (small models only).
+    """
+    hessian, grad = _hessian_and_gradient(model, loss_fn, inputs, targets)
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    diagnostics = dict.fromkeys(CURVATURE_FIELDS)
+    diagnostics["lambda_max_squared"] = float(eigenvalues.square().max())
+    if not isinstance(optimizer, CurvatureOptimizer):
+        return diagnostics
+    hyperparameters = optimizer.param_groups[0]
+    first = next(p for group in optimizer.param_groups for p in group["params"]
+                 if p.requires_grad)
+    state = optimizer.state[first]  # where a curvature optimiser keeps V and λ
+    damping = state.get("damping", hyperparameters["damping"])
+    if damping == 0:
+        return diagnostics
+    kind = hyperparameters.get("kind", "damped")
+    exact = exact_sfn_direction(hessian, grad, damping, kind)
+    diagnostics["cos_gradient_exact"] = _cosine(grad, exact)
+    if isinstance(optimizer, SeriesSFN) and state.get("scale") is not None:
+        series = sfn_series(lambda v: hessian @ v, grad, hyperparameters["num_terms"],
+                            state["scale"], damping, hyperparameters["acceleration_order"],
+                            hyperparameters["sablonniere"], kind)
+        diagnostics["cos_series_exact"] = _cosine(series.direction, exact)
+    return diagnostics
 
 
 class Trainer:
@@ -207,6 +312,12 @@ class Trainer:
         process_group: data parallelism over the ranks of this ``torch.distributed`` group (see
             the module docstring); ``batch_size`` is the global batch, divisible by the
             number of ranks. ``None``: one process.
+        curvature_every: record the :func:`curvature_diagnostics` at every
+            ``curvature_every``-th record (the first, at step 0, included), ``None`` at the
+            others; ``None`` (default): no diagnostics. For models of at most
+            :data:`sfn_teach.hvp.DENSE_MAX_DIM` parameters, in one process.
+        curvature_batch_size: the diagnostic batch is the first ``curvature_batch_size``
+            examples of the training split, the same at every record (default: ``batch_size``).
 
     :meth:`run` trains and evaluates; :meth:`state_dict` / :meth:`load_state_dict` save and
     restore everything needed to continue bit for bit. A trainer restored from a state dict
@@ -228,9 +339,21 @@ class Trainer:
         compile: bool = False,
         warmup_steps: int = 0,
         process_group=None,
+        curvature_every: int | None = None,
+        curvature_batch_size: int | None = None,
     ):
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        _check_count("warmup_steps", warmup_steps, 0)
+        if curvature_every is not None:
+            _check_count("curvature_every", curvature_every, 1)
+            if count_parameters(model) > DENSE_MAX_DIM:
+                raise ValueError(f"curvature_every needs the dense Hessian: at most "
+                                 f"sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM} parameters, "
+                                 f"but the model has {count_parameters(model)}")
+            if process_group is not None:
+                raise ValueError("curvature_every must be None when data-parallel "
+                                 "(process_group set): the diagnostics run in one process")
+        curvature_batch_size = batch_size if curvature_batch_size is None else curvature_batch_size
+        _check_count("curvature_batch_size", curvature_batch_size, 1, len(dataset.train))
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
         self.loss_fn, self.cost, self.eval_batch_size = loss_fn, cost, eval_batch_size
         self.precision, self.warmup_steps = precision or Precision(), warmup_steps
@@ -249,6 +372,8 @@ class Trainer:
         self.allreduce_seconds = 0.0
         self.counts = {"gradients": 0, "hvps": 0, "forward": 0, "skipped": 0}
         self.last_stats: dict = {}
+        self.curvature_every = curvature_every
+        self.curvature_batch = next(dataset.train.chunks(curvature_batch_size))
 
     @property
     def epoch(self) -> float:
@@ -257,8 +382,23 @@ class Trainer:
 
     @property
     def grad_equivalents(self) -> float:
-        """The work so far in gradient-equivalents (:class:`CostModel`)."""
+        """The work so far in gradient-equivalents, ``Σ_t c_t`` (:class:`CostModel`)."""
         return self.cost(self.counts["gradients"], self.counts["hvps"], self.counts["forward"])
+
+    @property
+    def example_grad_equivalents(self) -> float:
+        """The work so far in per-example gradient-equivalents, ``Σ_t c_t B_t``.
+
+        ``B_t`` is the global batch of step ``t`` (all ranks together). Every step of a
+        trainer has the same ``B``, so this is ``B Σ_t c_t``.
+        """
+        return self.batches.batch_size * self.grad_equivalents
+
+    def finished(self, num_steps: int, time_budget: float | None = None) -> bool:
+        """Whether a run to ``num_steps`` is over: ``step ≥ num_steps``, or ``wall_clock ≥
+        time_budget`` when a time budget (s of training time) is given."""
+        return self.step >= num_steps or (time_budget is not None
+                                          and self.wall_clock >= time_budget)
 
     def _optimizer_step(self) -> dict:
         """Fetch the batch of ``self.step`` and take one optimiser step; its statistics.
@@ -328,13 +468,18 @@ class Trainer:
         Fields: ``step``, ``epoch``; the times (s) ``wall_clock`` (training steps only, after
         warm-up), ``warmup_seconds``, ``compile_seconds``; ``grad_equivalents`` and the
         counts ``gradients``, ``hvps``, ``forward``, ``skipped_steps``;
-        ``{train,val,test}_{loss,accuracy}`` (:func:`evaluate`); ``compiled`` (whether the
-        training forward runs through ``torch.compile``) and ``compile_error`` (why it fell
-        back, else ``None``); and from the last step ``batch_loss`` and ``scale`` V,
-        ``damping`` λ, ``alpha`` α, ``mu`` μ, ``rho`` ρ (``None`` where the optimiser has no
-        such quantity, and at step 0); data-parallel, ``allreduce_bytes`` (of the last step),
-        ``allreduce_seconds`` (in the steps of ``wall_clock``) and ``allreduce_share`` (their
-        fraction of ``wall_clock``), ``None`` in one process. Each call counts in
+        Fields: ``step``, ``epoch``; the times (s) ``wall_clock`` (training steps only, after
+        warm-up), ``warmup_seconds``, ``compile_seconds``; ``grad_equivalents`` ``Σ_t c_t``,
+        ``example_grad_equivalents`` ``Σ_t c_t B_t`` and the counts ``gradients``, ``hvps``,
+        ``forward``, ``skipped_steps``; ``{train,val,test}_{loss,accuracy}`` (:func:`evaluate`);
+        ``compiled`` (whether the training forward runs through ``torch.compile``) and
+        ``compile_error`` (why it fell back, else ``None``); from the last step ``batch_loss``
+        and the :data:`STAT_FIELDS` (``None`` where the optimiser has no such quantity, and at
+        step 0); data-parallel, ``allreduce_bytes`` (of the last step), ``allreduce_seconds``
+        (in the steps of ``wall_clock``) and ``allreduce_share`` (their fraction of
+        ``wall_clock``), ``None`` in one process; with ``curvature_every``, the
+        :data:`CURVATURE_FIELDS` (:func:`curvature_diagnostics` on the diagnostic batch at
+        every ``curvature_every``-th record, ``None`` at the others). Each call counts in
         ``num_records`` (saved in :meth:`state_dict`).
         """
         record = {
@@ -344,6 +489,7 @@ class Trainer:
             "warmup_seconds": self.warmup_seconds,
             "compile_seconds": self.compile_seconds,
             "grad_equivalents": self.grad_equivalents,
+            "example_grad_equivalents": self.example_grad_equivalents,
             "gradients": self.counts["gradients"],
             "hvps": self.counts["hvps"],
             "forward": self.counts["forward"],
@@ -358,6 +504,11 @@ class Trainer:
         record["compiled"], record["compile_error"] = self.compiled, self.compile_error
         record["batch_loss"] = self.last_stats.get("loss")
         record.update({field: self.last_stats.get(field) for field in STAT_FIELDS})
+        if self.curvature_every is not None:
+            diagnose = self.num_records % self.curvature_every == 0
+            record.update(curvature_diagnostics(self.model, self.loss_fn, *self.curvature_batch,
+                                                self.optimizer)
+                          if diagnose else dict.fromkeys(CURVATURE_FIELDS))
         parallel = self.process_group is not None
         record["allreduce_bytes"] = self.last_stats.get("allreduce_bytes")
         record["allreduce_seconds"] = self.allreduce_seconds if parallel else None
@@ -366,14 +517,19 @@ class Trainer:
         self.num_records += 1
         return record
 
-    def run(self, num_steps: int, eval_every: int, on_record=None, progress=True, desc=None):
+    def run(self, num_steps: int, eval_every: int, on_record=None, progress=True, desc=None,
+            time_budget: float | None = None):
         """Train until step ``num_steps``, recording at step 0 and every ``eval_every`` steps.
 
-        The last step is always recorded. ``on_record(record)`` is called after each record
-        (the benchmark runner writes and checkpoints there); training resumes from
-        ``self.step``, and step 0 is recorded only if nothing has been. ``progress`` shows a
-        tqdm bar (a widget in notebooks). Returns the records made by this call.
+        With ``time_budget`` (s of training time), training stops earlier, after the first step
+        at which ``wall_clock`` reaches it (:meth:`finished`; how many steps that is depends
+        on the machine). The last step is always recorded. ``on_record(record)`` is called
+        after each record (the benchmark runner writes and checkpoints there); training
+        resumes from ``self.step``, and step 0 is recorded only if nothing has been.
+        ``progress`` shows a tqdm bar (a widget in notebooks). Returns the records made by
+        this call.
         """
+        _check_time_budget(time_budget)
         records = []
 
         def emit():
@@ -386,15 +542,26 @@ class Trainer:
         with tqdm(
             total=num_steps, initial=self.step, desc=desc, disable=not progress, leave=False
         ) as bar:
-            while self.step < num_steps:
+            done = self._agreed(self.finished(num_steps, time_budget), time_budget)
+            while not done:
                 stats = self.train_step()
                 bar.update(1)
-                if self.step % eval_every == 0 or self.step == num_steps:
+                done = self._agreed(self.finished(num_steps, time_budget), time_budget)
+                if self.step % eval_every == 0 or done:
                     emit()
                     bar.set_postfix(loss=f"{records[-1]['train_loss']:.4g}", refresh=False)
                 elif math.isfinite(stats["loss"]):
                     bar.set_postfix(batch_loss=f"{stats['loss']:.4g}", refresh=False)
         return records
+
+    def _agreed(self, done: bool, time_budget: float | None) -> bool:
+        """``done`` as rank 0 sees it, on every rank: data-parallel under a time budget the
+        ranks' clocks differ, but they must stop at the same step (one broadcast per step)."""
+        if self.process_group is None or time_budget is None:
+            return done
+        flag = torch.tensor([float(done)], device=self.device)
+        dist.broadcast(flag, dist.get_global_rank(self.process_group, 0), self.process_group)
+        return bool(flag.item())
 
     def state_dict(self) -> dict:
         """Model, optimiser, random generators and loop position (weights_only-loadable)."""

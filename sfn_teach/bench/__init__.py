@@ -6,6 +6,7 @@ From Python (e.g. a notebook)::
     result = run_benchmark("benchmarks/digits_mlp.toml", "runs/digits_mlp", fast=True)
     print(result.table)                        # median [min–max] over seeds
     plot_curves(result.records, "test_loss")   # a matplotlib Figure
+    plot_curves(result.records, xs=("example_grad_equivalents",))   # against work per example
     config, records = load_benchmark("runs/digits_mlp")   # read a run directory back
 
     # one run by hand, e.g. from a tuner: a config with a field changed, its data, one seed
@@ -44,7 +45,14 @@ from .config import (
     read_config,
     validate_config,
 )
-from .report import format_table, plot_curves, plot_optimizer_stats, summarise, write_report
+from .report import (
+    format_table,
+    plot_curvature,
+    plot_curves,
+    plot_optimizer_stats,
+    summarise,
+    write_report,
+)
 from .runner import (
     BenchmarkResult,
     RunDirectoryError,
@@ -69,7 +77,7 @@ __all__ = [
     "DTYPES", "MODELS", "BenchmarkConfig", "BenchmarkResult", "ConfigError", "OptimizerSpec",
     "RayNotInstalledError", "RunDirectoryError", "TuneResult", "apply_overrides", "build_model",
     "format_table", "load_benchmark", "load_config", "load_dataset", "load_tuning", "plot_asha",
-    "plot_curves", "plot_optimizer_stats", "read_config", "read_records", "report_benchmark",
-    "run_benchmark", "run_id", "run_one", "summarise", "tune_benchmark", "tune_settings",
-    "validate_config", "write_report",
+    "plot_curvature", "plot_curves", "plot_optimizer_stats", "read_config", "read_records",
+    "report_benchmark", "run_benchmark", "run_id", "run_one", "summarise", "tune_benchmark",
+    "tune_settings", "validate_config", "write_report",
 ]

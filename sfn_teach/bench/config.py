@@ -31,7 +31,16 @@ optimiser once on a dummy parameter, so the rules are the optimiser's own. Schem
                                  # evenly spaced); checkpoint_every = 1 (in evaluations);
                                  # seeds = [0, 1, 2]; eval_batch_size (default: the task's,
                                  # whole splits for digits); warmup_steps (steps whose time is
-                                 # not in wall_clock; default 2 on CUDA, 0 on a CPU)
+                                 # not in wall_clock; default 2 on CUDA, 0 on a CPU);
+                                 # time_budget (optional, s of training time, wall_clock: a
+                                 # run stops after the first step that reaches it; the step
+                                 # budget stays the cap; how many steps fit depends on the
+                                 # machine, so such a run is not reproducible step for step);
+                                 # curvature_every (optional, in evaluations: the curvature
+                                 # diagnostics of sfn_teach.train.curvature_diagnostics on the
+                                 # first batch_size training examples at every n-th record;
+                                 # needs batch_size and a model of at most
+                                 # sfn_teach.hvp.DENSE_MAX_DIM parameters)
     [cost]                       # hvp = 2.0, forward = 0.5 (gradient-equivalents)
     [report]                     # target_loss (default 0.1), target_split = "val"
     [fast]                       # steps = 4, evals = 2, seeds = the first two (fast mode)
@@ -220,6 +229,9 @@ class BenchmarkConfig:
     seeds: tuple
     eval_batch_size: int | None
     warmup_steps: int
+    batch_size: int | None  # train.batch_size: the default, and the diagnostic batch
+    time_budget: float | None  # s of training time per run (None: the step budget alone)
+    curvature_every: int | None  # the curvature diagnostics' period in records (None: off)
     cost: CostModel
     target_loss: float
     target_split: str
@@ -421,7 +433,7 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
 
     train = _table(raw["train"], "train", ("epochs", "steps", "batch_size", "evals",
                                            "checkpoint_every", "seeds", "eval_batch_size",
-                                           "warmup_steps"),
+                                           "warmup_steps", "time_budget", "curvature_every"),
                    required=("seeds",))
     if ("epochs" in train) == ("steps" in train):
         raise ConfigError("train.epochs", "give exactly one of train.epochs and train.steps")
@@ -438,6 +450,19 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
         _int(eval_batch_size, "train.eval_batch_size", 1)
     warmup_steps = _int(train.get("warmup_steps", WARMUP_STEPS[device.type]),
                         "train.warmup_steps", 0)
+    time_budget = train.get("time_budget")
+    if time_budget is not None:
+        time_budget = _positive_number(time_budget, "train.time_budget")
+    curvature_every = train.get("curvature_every")
+    if curvature_every is not None:
+        _int(curvature_every, "train.curvature_every", 1)
+        if num_parameters > DENSE_MAX_DIM:
+            raise ConfigError("train.curvature_every", f"the curvature diagnostics form the "
+                              f"dense Hessian, but the model has {num_parameters} parameters "
+                              f"(at most sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM})")
+        if default_batch_size is None:
+            raise ConfigError("train.batch_size", "missing: train.curvature_every needs it (the "
+                              "diagnostic batch is the first train.batch_size training examples)")
 
     cost = _table(raw.get("cost", {}), "cost", ("hvp", "forward"))
     cost = CostModel(
@@ -472,7 +497,9 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
         name=name, task=task, data=data, sizes=sizes, dtype=dtype, device=device,
         compile=compile_model, precision=precision, model=model, epochs=epochs,
         steps=steps, evals=evals, checkpoint_every=checkpoint_every, seeds=seeds,
-        eval_batch_size=eval_batch_size, warmup_steps=warmup_steps, cost=cost,
+        eval_batch_size=eval_batch_size, warmup_steps=warmup_steps,
+        batch_size=default_batch_size, time_budget=time_budget, curvature_every=curvature_every,
+        cost=cost,
         target_loss=target_loss,
         target_split=target_split, optimizers=optimizers, fast=fast, raw=raw,
     )

@@ -2,20 +2,26 @@
 
 Statistics over seeds are the **median** and the **range** (min–max), written
 ``median [min–max]``. For each optimiser the table gives, over its seeds, the final test loss
-and accuracy, the training time (training steps only) and the work in gradient-equivalents,
-and the time and work until the first evaluation at which the target split's loss is at most
-the target (``report.target_loss``). A run that never reaches the target counts as ∞ there, so
-the median is ∞ unless more than half of the seeds reach it; the ``reached`` column says how
-many did. No interpolation between evaluations: the times are those of the evaluation.
-Time kept out of the training time — the warm-up steps and the compiling first step of each
-(re)start (:mod:`sfn_teach.train`) — is summarised too (``warmup_seconds``,
-``compile_seconds``), with how many runs trained compiled and why any fell back to eager;
-``summary.md`` shows them below the table when there are any.
+and accuracy, the training time (training steps only) and the work, and the time and work until
+the first evaluation at which the target split's loss is at most the target
+(``report.target_loss``). Work is given twice: in gradient-equivalents per step
+(``grad_equivalents``, ``Σ_t c_t``: a step costs the same on any batch) and per example
+(``example_grad_equivalents``, ``Σ_t c_t B_t`` over the steps' batches ``B_t``: one gradient on
+one example is 1, so optimisers with different batch sizes compare fairly). A run that never
+reaches the target counts as ∞ there, so the median is ∞ unless more than half of the seeds
+reach it; the ``reached`` column says how many did. No interpolation between evaluations:
+the times are those of the evaluation. Time kept out of the training time — the warm-up steps
+and the compiling first step of each (re)start (:mod:`sfn_teach.train`) — is summarised too
+(``warmup_seconds``, ``compile_seconds``), with how many runs trained compiled and why any fell
+back to eager; ``summary.md`` shows them below the table when there are any.
 
 Curves are drawn per optimiser as the median over seeds at each evaluation (the ``x`` value
 too, e.g. the median wall-clock), with the min–max band of the ``y`` values; an optimiser
-keeps its colour in every figure. Figures are
-:class:`matplotlib.figure.Figure` objects (no pyplot state), shown inline by Jupyter.
+keeps its colour in every figure. Records with curvature diagnostics (``train.curvature_every``)
+get one more figure, ``curvature.png`` (:func:`plot_curvature`): how close the series and the
+gradient are to the exact saddle-free Newton direction, and ``V`` next to ``λ_max(H²)``.
+Figures are :class:`matplotlib.figure.Figure` objects (no pyplot state), shown inline by
+Jupyter.
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from pathlib import Path
 
 from matplotlib import ticker
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 AXES = {
     "step": "step",
     "epoch": "epoch",
     "wall_clock": "wall-clock of training steps (s)",
     "grad_equivalents": "gradient-equivalents",
+    "example_grad_equivalents": "per-example gradient-equivalents",
 }
 STATS = {"damping": "damping λ", "scale": "scale V", "alpha": "α", "mu": "μ"}
 
@@ -70,9 +78,12 @@ def summarise(records, target_loss, target_split="val") -> list[dict]:
             "test_accuracy": _spread([r["test_accuracy"] for r in finals]),
             "wall_clock": _spread([r["wall_clock"] for r in finals]),
             "grad_equivalents": _spread([r["grad_equivalents"] for r in finals]),
+            "example_grad_equivalents": _spread([r["example_grad_equivalents"] for r in finals]),
             "time_to_target": _spread([h["wall_clock"] if h else math.inf for h in hits]),
             "grad_equivalents_to_target": _spread(
                 [h["grad_equivalents"] if h else math.inf for h in hits]),
+            "example_grad_equivalents_to_target": _spread(
+                [h["example_grad_equivalents"] if h else math.inf for h in hits]),
             "reached": sum(h is not None for h in hits),
             # (records written before warm-up accounting have none of these: nothing excluded)
             "warmup_seconds": _spread([r.get("warmup_seconds", 0.0) for r in finals]),
@@ -111,14 +122,17 @@ def format_table(rows, target_loss, target_split="val") -> str:
     """The summary rows as a Markdown table (``median [min–max]`` over seeds)."""
     target = f"{target_split} loss ≤ {target_loss:g}"
     header = ["optimiser", "seeds", "steps", "final test loss", "final test accuracy",
-              "train time (s)", "grad-equivalents", f"time to {target} (s)",
-              "grad-equiv. to target", "reached"]
+              "train time (s)", "grad-equivalents", "per-example grad-equiv.",
+              f"time to {target} (s)", "grad-equiv. to target",
+              "per-example grad-equiv. to target", "reached"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["optimizer"], str(row["seeds"]), _cell(row["steps"], 6),
                  _cell(row["test_loss"], 3), _cell(row["test_accuracy"], 3),
                  _cell(row["wall_clock"], 3), _cell(row["grad_equivalents"], 3),
-                 _cell(row["time_to_target"], 3), _cell(row["grad_equivalents_to_target"], 3),
+                 _cell(row["example_grad_equivalents"], 3), _cell(row["time_to_target"], 3),
+                 _cell(row["grad_equivalents_to_target"], 3),
+                 _cell(row["example_grad_equivalents_to_target"], 3),
                  f"{row['reached']}/{row['seeds']}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -137,21 +151,26 @@ def _median_curve(runs, x, y):
     return [list(column) for column in zip(*points)] if points else None
 
 
-def _draw_median(ax, runs, x, y, label, **style):
-    """Draw the median curve of ``y`` against ``x`` over seeds with its min–max band."""
+def _draw_median(ax, runs, x, y, label, **style) -> bool:
+    """Draw the median curve of ``y`` against ``x`` over seeds with its min–max band; whether
+    there was anything to draw."""
     curve = _median_curve(runs, x, y)
     if curve is None:
-        return
+        return False
     px, median, low, high = curve
     (line,) = ax.plot(px, median, label=label, **style)
     ax.fill_between(px, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    return True
 
 
 def plot_curves(records, y="test_loss", xs=("step", "wall_clock", "grad_equivalents"),
-                log_y=None, log_x=("wall_clock", "grad_equivalents")) -> Figure:
+                log_y=None, log_x=("wall_clock", "grad_equivalents", "example_grad_equivalents"),
+                ) -> Figure:
     """``y`` against each of ``xs``, one panel each: median over seeds and min–max band.
 
-    ``log_y`` defaults to a log scale for losses. The ``xs`` named in ``log_x`` get a log
+    The ``xs`` are record fields, e.g. those of :data:`AXES` (``"example_grad_equivalents"``
+    for the work per example). ``log_y`` defaults to a log scale for losses. The ``xs`` named
+    in ``log_x`` get a log
     axis, since costs of different optimisers differ by orders of magnitude (the point at
     ``x = 0``, step 0, is then not drawn). Optimisers for which ``y`` is never defined are
     left out.
@@ -195,13 +214,57 @@ def plot_optimizer_stats(records, x="step") -> Figure:
     return figure
 
 
+def plot_curvature(records, x="step") -> Figure:
+    """The curvature diagnostics (``train.curvature_every``) against ``x``, per optimiser.
+
+    Left: ``cos(Δ_series, Δ_exact)`` (solid; SeriesSFN) and ``cos(g, Δ_exact)`` (dashed), with
+    ``Δ_exact = (|H| + λI)⁻¹g`` on the diagnostic batch: how much closer to exact saddle-free
+    Newton the series gets than the gradient. Right, on a log scale: the series' ``V`` (solid)
+    next to ``λ_max(H²) = max_i h_i²`` of the dense Hessian (dashed); the series converges
+    where ``h² ≤ 2V`` and resolves ``|h| ≳ √(V/K)`` only. Median over seeds with min–max band;
+    an optimiser's colour is its colour in every figure.
+    """
+    figure = Figure(figsize=(9.6, 3.8), layout="constrained")
+    cosines, scales = figure.subplots(1, 2)
+    panels = ((cosines, "cos_series_exact", "cos_gradient_exact", "cos(·, Δ_exact)",
+               ("cos(Δ_series, Δ_exact)", "cos(g, Δ_exact)")),
+              (scales, "scale", "lambda_max_squared", "V and λ_max(H²)",
+               ("V (series)", "λ_max(H²), dense")))
+    for ax, solid, dashed, label, styles in panels:
+        names = []
+        for index, (name, runs) in enumerate(_runs(records).items()):
+            drawn = [_draw_median(ax, runs, x, y, None, color=f"C{index}", linestyle=linestyle,
+                                  marker=".")
+                     for y, linestyle in ((solid, "-"), (dashed, "--"))]
+            if any(drawn):
+                names.append((index, name))
+        if ax is scales and ax.lines:
+            ax.set_yscale("log")
+        ax.set_xlabel(AXES.get(x, x))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(handles=[Line2D([], [], color=f"C{index}", label=name) for index, name in names]
+                  + [Line2D([], [], color="k", linestyle=linestyle, label=style)
+                     for linestyle, style in zip(("-", "--"), styles)], fontsize="small")
+    return figure
+
+
 FIGURES = {
     "train_loss.png": lambda records: plot_curves(records, "train_loss"),
     "test_loss.png": lambda records: plot_curves(records, "test_loss"),
     "test_accuracy.png": lambda records: plot_curves(records, "test_accuracy"),
     "optimizer_stats.png": plot_optimizer_stats,
 }
-"""The figures :func:`write_report` saves, by file name."""
+"""The figures :func:`write_report` always saves, by file name."""
+
+
+def report_figures(records) -> dict:
+    """The figures :func:`write_report` saves for ``records``, by file name: the
+    :data:`FIGURES`, and ``curvature.png`` (:func:`plot_curvature`) when some record holds
+    curvature diagnostics."""
+    if any(record.get("lambda_max_squared") is not None for record in records):
+        return {**FIGURES, "curvature.png": plot_curvature}
+    return FIGURES
 
 
 def _finite_or_none(rows):
@@ -214,7 +277,8 @@ def _finite_or_none(rows):
 
 
 def write_report(out_dir, config, records, machine="", log=print) -> list[dict]:
-    """Write ``summary.md``, ``summary.json`` and the :data:`FIGURES` into ``out_dir``.
+    """Write ``summary.md``, ``summary.json`` and the figures (:func:`report_figures`) into
+    ``out_dir``.
 
     ``config`` is the benchmark's :class:`~sfn_teach.bench.config.BenchmarkConfig` (for its
     name and target); ``machine`` says where the times were measured. Prints the table through
@@ -233,8 +297,9 @@ def write_report(out_dir, config, records, machine="", log=print) -> list[dict]:
         f"{', measured on ' + machine if machine else ''}.\n\n{table}\n{excluded}"
     )
     (out_dir / "summary.json").write_text(json.dumps(_finite_or_none(rows), indent=2) + "\n")
-    for name, make in FIGURES.items():
+    figures = report_figures(records)
+    for name, make in figures.items():
         make(records).savefig(out_dir / name, dpi=110)
     log(table)
-    log(f"report: {out_dir / 'summary.md'} and {', '.join(FIGURES)} in {out_dir}")
+    log(f"report: {out_dir / 'summary.md'} and {', '.join(figures)} in {out_dir}")
     return rows

@@ -18,14 +18,26 @@ the last step); :meth:`sfn_teach.train.Trainer.record` plus the run's identity:
                                              CUDA events on a GPU; after warm-up, without
                                              evaluation, checkpoints, compilation
 ``warmup_seconds``, ``compile_seconds``      s of the excluded first steps of each (re)start
-``grad_equivalents``                         work: gradients + c_HVP·HVPs + c_fwd·forwards
-``gradients``, ``hvps``, ``forward``          the counts behind it
+``grad_equivalents``                         work: Σ over steps of c_t = gradients +
+                                             c_HVP·HVPs + c_fwd·forwards (a step is a step,
+                                             whatever its batch)
+``example_grad_equivalents``                 work per example: Σ over steps of c_t × the
+                                             examples of the step's batch (all ranks): one
+                                             gradient on one example = 1
+``gradients``, ``hvps``, ``forward``          the counts behind them
 ``skipped_steps``                            steps the optimiser refused (non-finite values)
 ``{train,val,test}_{loss,accuracy}``         mean cross-entropy and accuracy on each part,
                                              fp32, BatchNorm in eval mode
 ``batch_loss``                               the loss of the last step's batch (before it)
 ``scale``, ``damping``, ``alpha``, ``mu``,    V, λ, α, μ, ρ of the last step (``None`` where
 ``rho``                                      the optimiser has no such quantity, at step 0)
+``lambda_max``, ``scale_ratio``,              SeriesSFN's λ̂_max (Ritz estimate of the largest
+``implicit_damping``                         |h|), V/λ̂_max² and ½√(πV/K) of the last step
+``lambda_max_squared``,                      with ``train.curvature_every = n`` only, at every
+``cos_gradient_exact``,                      n-th record (``None`` at the others): max h² of
+``cos_series_exact``                         the dense Hessian, cos(g, Δ_exact) and
+                                             cos(Δ_series, Δ_exact) on the diagnostic batch
+                                             (:func:`sfn_teach.train.curvature_diagnostics`)
 ``compiled``, ``compile_error``              whether steps run through ``torch.compile``;
                                              why it fell back to eager (else ``None``)
 ``allreduce_bytes``, ``allreduce_seconds``,   data-parallel runs: bytes the optimiser
@@ -44,7 +56,10 @@ continues from the checkpoint; since a run is deterministic, the records after i
 again, identical but for the times (:data:`sfn_teach.train.TIMING_FIELDS`). So a kill at any
 moment (mid-step, between a record and its checkpoint, or mid-way through writing a
 checkpoint, see :mod:`sfn_teach.checkpoint`) loses no record and duplicates none. A run is
-finished when its checkpoint is at the last step; finished runs are skipped on resume. (For
+finished when its checkpoint is at the last step, or, with ``train.time_budget``, at the step
+whose ``wall_clock`` reached the budget; finished runs are skipped on resume. A resumed
+time-budgeted run continues until its budget; since its steps are timed anew, where it
+stops may differ from an uninterrupted run (a time budget's length depends on the machine). (For
 the tests, the fault point ``"record"`` of :func:`sfn_teach.checkpoint.fault_point` lies
 between a durable record and its checkpoint.) ``config.json`` is written atomically too
 (:func:`sfn_teach.checkpoint.write_atomically`, fault point ``"config-write"``).
@@ -277,7 +292,8 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
                       spec.batch_size, seed, cost=config.cost,
                       eval_batch_size=config.eval_batch_size, precision=config.precision,
                       compile=config.compile, warmup_steps=config.warmup_steps,
-                      process_group=process_group)
+                      process_group=process_group, curvature_every=config.curvature_every,
+                      curvature_batch_size=config.batch_size)
     num_steps, identity = config.num_steps(spec), {"run_id": run_id(spec, seed),
                                                     "optimizer": spec.name, "seed": seed}
     skipped = []  # what was wrong with the newest checkpoint, when it was skipped
@@ -299,11 +315,13 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
         if skipped:  # else the next checkpoint would push the one resumed from out of .prev
             checkpoint_path.unlink()
         truncate_records(records_path, trainer.num_records)
-    if trainer.step >= num_steps:
-        log(f"{identity['run_id']}: already finished ({num_steps} steps)")
+    if trainer.finished(num_steps, config.time_budget):
+        log(f"{identity['run_id']}: already finished (step {trainer.step} of {num_steps}, "
+            f"{trainer.wall_clock:.3g} s of training)")
         return read_records(records_path)
     if not writer:
-        trainer.run(num_steps, config.eval_every(spec), progress=False)
+        trainer.run(num_steps, config.eval_every(spec), progress=False,
+                    time_budget=config.time_budget)
         dist.barrier(process_group)  # rank 0 has written the last record
         return read_records(records_path)
 
@@ -314,12 +332,14 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
             records.flush()
             os.fsync(records.fileno())
             fault_point("record")
-            if trainer.num_records % config.checkpoint_every == 0 or trainer.step == num_steps:
+            if (trainer.num_records % config.checkpoint_every == 0
+                    or trainer.finished(num_steps, config.time_budget)):
                 save_checkpoint(trainer.state_dict(), checkpoint_path)
             if on_record is not None:
                 on_record({**identity, **record})
 
-        trainer.run(num_steps, config.eval_every(spec), write, progress, identity["run_id"])
+        trainer.run(num_steps, config.eval_every(spec), write, progress, identity["run_id"],
+                    config.time_budget)
     if trainer.compile_error:
         log(f"    torch.compile fell back to the eager model: {trainer.compile_error}")
     if process_group is not None:
@@ -428,7 +448,8 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
                           on_record=on_record, process_group=process_group)
         last = records[-1]
         log(f"    test loss {last['test_loss']:.4g}, test accuracy {last['test_accuracy']:.3f}, "
-            f"{last['wall_clock']:.2f} s, {last['grad_equivalents']:.0f} gradient-equivalents")
+            f"{last['wall_clock']:.2f} s, {last['grad_equivalents']:.0f} gradient-equivalents "
+            f"({last['example_grad_equivalents']:.3g} per example)")
         if last.get("allreduce_bytes") is not None:
             log(f"    all-reduce: {last['allreduce_bytes']:,} bytes per step, "
                 f"{last['allreduce_share']:.1%} of the training time")
@@ -438,7 +459,9 @@ def run_benchmark(config, out_dir, *, fast=None, resume=False, progress=True, lo
 def data_parallel_config(config: BenchmarkConfig, launch: Launch) -> BenchmarkConfig:
     """The config of one rank of the torchrun job ``launch``, checked before anything starts.
 
-    Every optimiser's (global) batch size must be divisible by the number of ranks. A CUDA
+    Every optimiser's (global) batch size must be divisible by the number of ranks, and
+    ``train.curvature_every`` must be off (the diagnostics are for small models, in one
+    process). A CUDA
     config runs each rank on ``cuda:LOCAL_RANK`` with NCCL, so it must say ``device = "cuda"``
     (or ``"auto"``), not one GPU, and the machine needs a GPU per local rank. Raises
     :class:`ConfigError` naming the field; returns the config on this rank's device.
@@ -450,6 +473,9 @@ def data_parallel_config(config: BenchmarkConfig, launch: Launch) -> BenchmarkCo
             raise ConfigError(field, f"{spec.batch_size} (of {spec.name}) must be divisible by "
                               f"the number of torchrun processes, {launch.size}, so that every "
                               "rank gets an equal shard of each batch")
+    if config.curvature_every is not None:
+        raise ConfigError("train.curvature_every", "the curvature diagnostics run in one "
+                          "process: leave it out under torchrun")
     if config.device.type != "cuda":
         return config
     if config.device.index is not None:

@@ -8,25 +8,30 @@
 Ray is an optional dependency (``pip install -e ".[tune]"``); it is imported only here, when
 tuning starts.
 
-**Protocol** (DESIGN.md §5). Each optimiser of the config is tuned on its own, in one Ray Tune
+**Protocol** (the paper's). Each optimiser of the config is tuned on its own, in one Ray Tune
 experiment, with the same budget as every other: ``num_samples`` configurations drawn from its
 search space (below), each trained by a *trial* for at most ``time_budget`` seconds of
 training time. A trial is one run of the benchmark runner (:func:`sfn_teach.bench.run_one`,
-the config's ``[train]`` budget, seed ``seed``) in its own run directory, and reports every
-record to Ray Tune. The ASHA scheduler (asynchronous successive halving) compares trials on
+seed ``seed``) in its own run directory, with ``train.time_budget = tune.time_budget`` (the
+config's step budget stays the cap), and reports every record to Ray Tune. The run itself
+stops after the first step at which its training time reaches the budget and records that
+step, so no trial overruns its budget by more than one step, however far apart its
+evaluations are. The ASHA scheduler (asynchronous successive halving) compares trials on
 ``<metric_split>_loss`` (minimised) at *rungs* of training time ``t_k = grace_period · η^k``
 (``η`` = ``reduction_factor``, up to ``time_budget``): a trial that reaches a rung with a loss
-outside the best ``1/η`` of those recorded there so far is stopped, and every trial is stopped
-at ``time_budget``. Training time is the records' ``wall_clock`` (training steps only: no
-evaluation, checkpoints or process start), and trials report only at evaluations, so make
-``train.evals`` frequent enough for the rungs. A trial whose optimiser gives up
-(:class:`sfn_teach.optim.NonFiniteStepError`) reports an infinite loss and ends; the tuning
-goes on. The best configuration of an optimiser is the trial with the lowest loss at its last
-report. Each best configuration is then re-run with :func:`sfn_teach.bench.run_benchmark`
-over ``reeval_seeds`` fresh seeds ``seed + 1, …, seed + N`` (not the seed the search selected
-on), which writes the usual table and figures.
+outside the best ``1/η`` of those recorded there so far is stopped. Training time is the
+records' ``wall_clock`` (training steps only: no evaluation, checkpoints or process start),
+and trials report only at evaluations, so make ``train.evals`` frequent enough for the
+rungs. A trial whose optimiser gives up (:class:`sfn_teach.optim.NonFiniteStepError`)
+reports an infinite loss and ends; the tuning goes on. The best configuration of an
+optimiser is the trial with the lowest loss at its last report. Each best configuration is
+then re-run with :func:`sfn_teach.bench.run_benchmark` over ``reeval_seeds`` fresh seeds
+``seed + 1, …, seed + N`` (not the seed the search selected on) under the same time budget
+as the trials, which writes the usual table and figures (``tune.md`` states the budget). How
+many steps fit in a time budget depends on the machine and its load, so neither a trial nor a
+re-run is reproducible step for step.
 
-**Search spaces.** Written in a config like the defaults here (DESIGN.md §5)::
+**Search spaces.** Written in a config like the defaults here (the paper's)::
 
     series_sfn    num_terms ~ U{1..20}; acceleration_order ~ U{0..⌊(K−1)/2⌋} given the trial's K;
                   damping (λ₀) ~ logU[1e-8, 1]; unadaptive also lr (α) ~ logU[1e-3, 5] and
@@ -48,7 +53,8 @@ hyperparameter keeps the value in the optimiser's table.
     [tune]
     metric_split = "val"         # minimise this split's loss: "val" or "train"
     num_samples = 100            # configurations per optimiser
-    time_budget = 1800.0         # s of training time per trial (ASHA's max_t)
+    time_budget = 1800.0         # s of training time per trial and per re-run (ASHA's
+                                 # max_t; it replaces the config's train.time_budget)
     grace_period = 30.0          # s before ASHA may stop a trial (the first rung)
     reduction_factor = 4.0       # η: rungs at grace_period·η^k; the best 1/η go on
     seed = 0                     # the trials' training seed and the search's random seed
@@ -58,7 +64,7 @@ hyperparameter keeps the value in the optimiser's table.
     max_concurrent_trials = 4    # default: as many as the resources allow
     [tune.fast]                  # --fast: num_samples = 2, time_budget = 1.0,
                                  # grace_period = 0.25, reeval_seeds = 1 (the re-runs also
-                                 # take the config's [fast] budget)
+                                 # take the config's [fast] step budget as their cap)
     [tune.space."SeriesSFN adaptive"]   # per optimiser (by name): replaces or adds parameters
     num_terms = { randint = [2, 10] }
 
@@ -142,7 +148,7 @@ DEFAULT_SPACES = {
     "exact_sfn": LAMBDA_SPACE,
     "newton": LAMBDA_SPACE,
 }
-"""The search space of each optimiser type (DESIGN.md §5), in the config's notation."""
+"""The search space of each optimiser type (the paper's), in the config's notation."""
 UNADAPTIVE_SPACE = {"lr": {"loguniform": [1e-3, 5.0]}, "momentum": {"loguniform": [1e-3, 0.95]}}
 """Added for SeriesSFN without ``adaptive``: its fixed α and μ are tuned too."""
 ADAM_BETAS = {"one_minus_beta1": 0, "one_minus_beta2": 1}
@@ -154,8 +160,8 @@ SETTINGS = {"metric_split": "val", "num_samples": 100, "time_budget": 1800.0,
 FAST_SETTINGS = {"num_samples": 2, "time_budget": 1.0, "grace_period": 0.25, "reeval_seeds": 1}
 """The fields of ``[tune.fast]`` and their defaults."""
 TRIAL_ENDS = ("stopped", "budget", "completed", "diverged", "failed")
-"""How a trial ended: stopped early by ASHA at a rung, stopped by ASHA at the time budget,
-trained all its steps, gave up on non-finite steps, raised an error."""
+"""How a trial ended: stopped early by ASHA at a rung, stopped at the step that reached the
+time budget, trained all its steps, gave up on non-finite steps, raised an error."""
 
 
 class RayNotInstalledError(ImportError):
@@ -184,7 +190,7 @@ class Distribution:
     values: tuple
 
     def describe(self) -> str:
-        """Its notation in DESIGN.md: ``logU[1e-06, 0.1]``, ``U{1..20}``, ``{50, 100}``."""
+        """Its notation in the docs: ``logU[1e-06, 0.1]``, ``U{1..20}``, ``{50, 100}``."""
         low, high = (self.values + (None,))[:2]
         if self.kind == "loguniform":
             return f"logU[{low:g}, {high:g}]"
@@ -252,7 +258,7 @@ def parse_distribution(table, path, name) -> Distribution:
 
 
 def default_space(config, spec) -> dict:
-    """The search space of DESIGN.md §5 for ``spec`` of ``config``, in the config's notation."""
+    """The paper's search space for ``spec`` of ``config``, in the config's notation."""
     space = dict(DEFAULT_SPACES[spec.type])
     if spec.type == "series_sfn" and not spec.hyperparameters.get("adaptive", False):
         space.update(UNADAPTIVE_SPACE)
@@ -305,14 +311,18 @@ def _check_trial(config, index, params, path, space):
         raise ConfigError(field, f"a trial with {params} would be refused: {error}") from None
 
 
-def tuned_raw(raw: dict, chosen: dict, seeds) -> dict:
+def tuned_raw(raw: dict, chosen: dict, seeds, time_budget: float | None = None) -> dict:
     """The raw config of a trial or of the re-runs: only the optimisers ``chosen`` (``{index:
-    params}``), each with its sampled ``params`` set, trained with ``seeds``.
+    params}``), each with its sampled ``params`` set, trained with ``seeds`` and, if
+    ``time_budget`` is given, for at most ``time_budget`` s of training time each
+    (``train.time_budget``; ``None`` keeps the config's).
 
     ``one_minus_beta1``/``one_minus_beta2`` set Adam's ``betas``; ``[fast]`` takes the same
     seeds and the ``[tune]`` table is dropped.
     """
     overrides = {"train.seeds": list(seeds), "fast.seeds": list(seeds)}
+    if time_budget is not None:
+        overrides["train.time_budget"] = time_budget
     for index, params in chosen.items():
         params = dict(params)
         if any(name in params for name in ADAM_BETAS):
@@ -378,7 +388,8 @@ class TuneSettings:
                 f"each ({self.num_samples * self.time_budget:g} s); ASHA on {self.metric} "
                 f"(min): grace period {self.grace_period:g} s, reduction factor "
                 f"{self.reduction_factor:g}, rungs at {rungs} s; best re-run over "
-                f"{self.reeval_seeds} seed{'s' if self.reeval_seeds > 1 else ''}")
+                f"{self.reeval_seeds} seed{'s' if self.reeval_seeds > 1 else ''}, "
+                f"{self.time_budget:g} s of training time each")
 
 
 def _budget(table: dict, prefix: str) -> dict:
@@ -495,6 +506,7 @@ class _TrialJob:
     metric: str
     trials_dir: str  # absolute: out/trials/<optimiser>
     threads: int
+    time_budget: float  # s of training time (the run stops itself there)
 
 
 def _finite_or_inf(value) -> float:
@@ -503,7 +515,8 @@ def _finite_or_inf(value) -> float:
 
 
 def _train_trial(params: dict, job: _TrialJob) -> None:
-    """One Ray Tune trial: :func:`run_one` with the sampled ``params``, reporting every record.
+    """One Ray Tune trial: :func:`run_one` with the sampled ``params`` for at most
+    ``job.time_budget`` s of training time, reporting every record.
 
     Every record is checkpointed, and reported with a Ray Tune checkpoint that holds a copy of
     the run's checkpoint file. A trial that Ray Tune restarts (``Tuner.restore``) puts that
@@ -513,7 +526,7 @@ def _train_trial(params: dict, job: _TrialJob) -> None:
     from ray import tune
 
     torch.set_num_threads(job.threads)
-    raw = apply_overrides(tuned_raw(job.raw, {job.index: params}, [job.seed]),
+    raw = apply_overrides(tuned_raw(job.raw, {job.index: params}, [job.seed], job.time_budget),
                           {"train.checkpoint_every": 1})
     config = validate_config(raw, job.name)
     run_dir = Path(job.trials_dir) / tune.get_context().get_trial_id()
@@ -663,7 +676,7 @@ def _tune_optimizer(tune, config, index, settings, out_dir: Path, resume: bool):
     spec = config.optimizers[index]
     job = _TrialJob(raw=config.raw, name=config.name, index=index, seed=settings.seed,
                     metric=settings.metric, trials_dir=str(out_dir / "trials" / spec.slug),
-                    threads=settings.cpus_per_trial)
+                    threads=settings.cpus_per_trial, time_budget=settings.time_budget)
     trainable = tune.with_resources(tune.with_parameters(_train_trial, job=job),
                                     {"cpu": settings.cpus_per_trial,
                                      "gpu": settings.gpus_per_trial})
@@ -761,9 +774,10 @@ def tune_benchmark(config, out_dir, *, fast=None, resume=False, address=None, pr
         log(f"best {name}: {settings.metric} {trial['metric']:.4g} with {trial['params']}")
     if best:
         rerun_raw = tuned_raw(config.raw, {t["index"]: t["params"] for t in best.values()},
-                              settings.reeval_seed_list)
+                              settings.reeval_seed_list, settings.time_budget)
         rerun_raw["name"] = f"{config.name}-best"
-        log(f"re-running the best settings over seeds {settings.reeval_seed_list}")
+        log(f"re-running the best settings over seeds {settings.reeval_seed_list}, "
+            f"{settings.time_budget:g} s of training time each")
         run_benchmark(rerun_raw, out_dir / "best", fast=fast, resume=True, progress=progress,
                       log=log)
     result = load_tuning(out_dir)
@@ -871,7 +885,10 @@ def write_tuning_report(result: TuneResult) -> None:
         config = result.rerun.config
         table = format_table(result.rerun.summary, config.target_loss, config.target_split)
         rerun = (f"\n## The best settings re-run over seeds {list(config.seeds)}\n\n"
-                 f"Median [min–max] over seeds ({out_dir.name}/best).\n\n{table}\n")
+                 f"Each run trained for at most {config.time_budget:g} s of training time, the "
+                 f"trials' budget (or until its last step, if sooner; how many steps fit "
+                 f"depends on the machine). Median [min–max] over seeds "
+                 f"({out_dir.name}/best).\n\n{table}\n")
     (out_dir / "tune.md").write_text(
         f"# Tuning {result.config.name}\n\nBudget of every optimiser: {settings.budget()}."
         f"\nTimes are training time, measured on {machine} (trials with "
