@@ -52,6 +52,8 @@ OUT_DIR = "../runs/notebook04"  # benchmark runs (git-ignored); a rerun resumes 
 import sfn_teach.cpu  # first, before torch starts: how its CPU threads wait
 
 import copy
+import math
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -76,9 +78,11 @@ from sfn_teach.bench import (
     tune_benchmark,
 )
 from sfn_teach.benchmark_panel import BenchmarkPanel, config_folder
-from sfn_teach.data import load_digits
+from sfn_teach.data import Batches, load_digits
 from sfn_teach.hvp import ModelHVP, dense_hessian
 from sfn_teach.models import MLP
+from sfn_teach.optim import SeriesSFN
+from sfn_teach.series import exact_sfn_direction
 from sfn_teach.train import hessian_eigenvalues
 
 # %matplotlib inline
@@ -175,14 +179,113 @@ for damping in (1e-1, 1e-2, 1e-3):
                    for order in (0, 2)]
         print(f"{damping:>8g} {k:>5d} {cosines[0]:>14.4f} {cosines[1]:>14.4f}")
 
-# %% [markdown]
-# With strong damping a handful of terms gives almost the exact direction; with weak damping
-# the series needs many terms, and acceleration helps but does not close the gap. In an
-# optimiser with $K = 5$–$10$ the series is therefore not "exact SFN" — the truncation acts
-# as an extra damping of the small-curvature directions.
+# %%
+exact_direction = exact_sfn_direction(H, g, 1e-2)
+print(f"cosine of the gradient itself to the exact direction (λ = 1e-2): "
+      f"{float(g @ exact_direction / (g.norm() * exact_direction.norm())):.5f}")
+print(f"√V = λ_max = {V ** 0.5:.3g}; implicit damping ½√(πV/K) at K = 10: "
+      f"{0.5 * (math.pi * V / 10) ** 0.5:.3g}")
 
 # %% [markdown]
-# ## 4. A benchmark over seeds
+# Two readings of the same comparison disagree: the **cosine** is 0.9999 or more for every
+# $K$, while the **relative error** is 0.25–0.7 at $\lambda = 10^{-2}$. Both are right — the
+# direction is right and its length is wrong. After training, almost all of $g$ lies along
+# eigenvectors with $|h| \ll \lambda$, where the exact step divides by $|h| + \lambda \approx
+# \lambda$: it is nearly $g/\lambda$, as the gradient's own cosine of 0.9999 shows. The series
+# also scales those components alike, by $\varphi_K(0) \approx 2\sqrt{K/(\pi V)}$ — the flat
+# part of its filter (notebook 03) — so it too is parallel to $g$, but as if the damping were
+# $\frac12\sqrt{\pi V/K}$ instead of $\lambda$: a different length. A cosine alone cannot see
+# an implicit damping; the length can. With weak damping the series needs many terms, and
+# acceleration helps but does not close the gap: in an optimiser with $K = 5$–$10$ the
+# truncation acts as an extra damping of the small-curvature directions.
+
+# %% [markdown]
+# ## 4. When is the series saddle-free?
+#
+# The $K$-term series multiplies the component of $g$ along each eigenvector by
+# $\varphi_K(h)$. That polynomial cannot resolve eigenvalues below about $\sqrt{V/K}$: there
+# it is flat, $\varphi_K \approx 2\sqrt{K/(\pi V)}$, as if saddle-free Newton had an extra
+# damping of $\frac12\sqrt{\pi V/K}$. If $V$ lies far above $\lambda_{\max}^2$, **every**
+# eigenvalue sits in the flat part and the step is gradient descent with the fixed learning
+# rate $2\sqrt{K/(\pi V)}$ — whatever the Hessian is.
+#
+# The paper's scale rule starts at $V_0 = 100$ and only lets $V$ grow
+# ($V_t = \max(V_{t-1}, \|H^2g\|/\|g\|)$). On this network $\lambda_{\max} \approx 1$ at
+# initialisation and $\lambda_{\max}^2 \approx 0.0065$ after training, so $V$ stays at 100:
+# 100 to 15,000 times $\lambda_{\max}^2$. The library's default, `scale_rule="ritz"`, takes
+# $V = (1.25\,\hat\lambda_{\max})^2$ from an estimate of $\lambda_{\max}(H^2)$ that the series
+# gets for free — the terms $v_k = (I - H^2/V)^k g$ have inner products
+# $g^\top (I - H^2/V)^s g$, from which Rayleigh–Ritz gives the eigenvalues of $H^2$ on the
+# Krylov space of $g$ (`sfn_teach.series.ritz_values`) — so $V$ follows the spectrum down as
+# well as up. Here is the filter over the spectra measured in section 2, for both:
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+for ax, step in zip(axes, (SPECTRUM_STEPS[0], SPECTRUM_STEPS[-1])):
+    eigenvalues = torch.as_tensor(spectra[step])
+    followed = (1.25 * float(eigenvalues.abs().max())) ** 2
+    plots.plot_filter_on_spectrum(eigenvalues, 10, [100.0, followed], damping=1.8e-3, ax=ax)
+    ax.set_title(f"after {step} SGD steps: V = 100 (the paper's) and V = (1.25 λ_max)²",
+                 fontsize="medium")
+plt.show()
+
+# %% [markdown]
+# With $V = 100$ the filter is a horizontal line over the whole measured spectrum: gradient
+# descent. With the followed $V$ it tracks $1/(|h| + \lambda)$ down to
+# $|h| \approx \sqrt{V/K}$ and is flat below — saddle-free Newton for the top of the spectrum,
+# gradient descent underneath. Does that make the *direction* closer to the exact SFN step?
+# At initialisation, on a batch of 400 images, for three seeds ($K = 10$,
+# $\lambda = 1.8\cdot10^{-3}$, the paper's small-network settings):
+
+# %%
+def first_direction(net, inputs, targets, **settings):
+    """Δ of one adaptive SeriesSFN step from ``net`` (α = 1, μ = 0 at the first step)."""
+    twin = copy.deepcopy(net)
+    optimizer = SeriesSFN(twin.parameters(), num_terms=10, damping=1.8e-3, adaptive=True,
+                          **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the paper's rule warns: gradient descent in disguise
+        optimizer.step(lambda: F.cross_entropy(twin(inputs), targets))
+    return torch.cat([optimizer.state[p]["previous_update"].reshape(-1)
+                      for p in twin.parameters()])
+
+
+def cosine(a, b):
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+rows = []
+for seed in range(3):
+    torch.manual_seed(seed)
+    net = MLP(sizes=(64, HIDDEN, 10), activation="tanh").double()
+    inputs, targets = Batches(digits.train, 400, seed)[0]
+    at_init = ModelHVP(net, F.cross_entropy, inputs, targets)
+    exact = exact_sfn_direction(dense_hessian(at_init.matvec, at_init.grad), at_init.grad,
+                                1.8e-3)
+    rows.append((seed, cosine(first_direction(net, inputs, targets), exact),
+                 cosine(first_direction(net, inputs, targets, scale_rule="lower_bound"),
+                        exact),
+                 cosine(at_init.grad, exact)))
+print("cosine to the exact SFN direction at initialisation")
+print(f"{'seed':>4} {'default V rule':>15} {'paper V rule':>13} {'gradient':>9}")
+for seed, followed, paper, gradient in rows:
+    print(f"{seed:>4} {followed:>15.3f} {paper:>13.3f} {gradient:>9.3f}")
+assert all(followed > paper and followed > gradient for _, followed, paper, gradient in rows)
+assert all(abs(paper - gradient) < 0.01 for _, _, paper, gradient in rows)
+
+# %% [markdown]
+# On every seed the followed $V$ points closer to exact SFN than the paper's rule, whose
+# direction is the gradient's (their cosines differ by less than 0.01): with $V = 100$ the
+# series *is* gradient descent here. The gain is real but bounded: with $K = 10$ terms most of the
+# spectrum is still in the flat part. **How many terms would it take?** To be saddle-free
+# over $[h_{\min}, h_{\max}]$ the series must converge at $h_{\max}$ — $V \gtrsim
+# h_{\max}^2/2$ — and resolve $h_{\min}$ — $\sqrt{V/K} \lesssim h_{\min}$, i.e.
+# $K \gtrsim V/h_{\min}^2$. So $K$ grows like $\frac12 (h_{\max}/h_{\min})^2$: the *square*
+# of the condition number (Exercise 4). No affordable $K$ covers a spectrum from $10^{-3}$ to
+# 1; the damping $\lambda$, real or implicit, decides what happens below.
+
+# %% [markdown]
+# ## 5. A benchmark over seeds
 #
 # `benchmarks/digits_mlp.toml` compares six optimisers on this task over three seeds, with
 # the small-network settings published with the paper (tuned by its authors for a
@@ -212,7 +315,7 @@ for key in ("test_loss", "test_accuracy"):
 # untuned settings, on this machine — the table is what was measured, not a verdict.
 
 # %% [markdown]
-# ## 5. What the optimiser did: V, λ, α, μ
+# ## 6. What the optimiser did: V, λ, α, μ
 #
 # The adaptive variant chooses $(\alpha, \mu)$ by minimising a quadratic model over the span
 # of $\Delta$ and the previous update. Its linear system has its right-hand side equal to its
@@ -230,7 +333,7 @@ print(f"adaptive SeriesSFN: α in [{min(r['alpha'] for r in adaptive):.15f}, "
       f"max |μ| = {max(abs(r['mu']) for r in adaptive):.1e}")
 
 # %% [markdown]
-# ## 6. Try it: K, r and λ on a short run
+# ## 7. Try it: K, r and λ on a short run
 #
 # A short training of the adaptive SeriesSFN next to SGD: choose the number of terms $K$,
 # the acceleration order $r$ and the initial damping $\lambda_0$, press **Run**, and watch the
@@ -249,7 +352,7 @@ panel.run()
 panel
 
 # %% [markdown]
-# ## 7. Tuning as the paper did: ASHA under the same budget
+# ## 8. Tuning as the paper did: ASHA under the same budget
 #
 # The settings above were tuned by the paper's authors for another task. A fair comparison
 # tunes **every** optimiser on this one, with the **same budget**: the paper drew 100
@@ -333,6 +436,15 @@ exercises.check_damping_update(my_damping)
 # %%
 my_cost = ...
 exercises.check_step_cost(10, 2.0, True, my_cost)
+
+# %% [markdown]
+# **Exercise 4.** By the rule of section 4, about how many terms $K$ does the series need to
+# be saddle-free over a spectrum with $|h|$ from $h_{\min} = 0.01$ to $h_{\max} = 1$, with
+# $V$ as small as convergence allows? (And how does $K$ change when $h_{\min}$ halves?)
+
+# %%
+my_terms = ...
+exercises.check_terms_needed(0.01, 1.0, my_terms)
 
 # %% [markdown]
 # ## Summary
