@@ -12,16 +12,23 @@ from pathlib import Path
 import pytest
 import torch
 
+import sfn_teach.train as train_module
 from sfn_teach.bench import (
     ConfigError,
     load_benchmark,
     load_config,
+    plot_curvature,
+    plot_curves,
     run_benchmark,
+    summarise,
     validate_config,
 )
 from sfn_teach.bench.__main__ import main
+from sfn_teach.bench.report import AXES, format_table
+from sfn_teach.bench.runner import data_parallel_config
 from sfn_teach.checkpoint import CheckpointError, load_checkpoint
-from sfn_teach.train import TIMING_FIELDS
+from sfn_teach.distributed import Launch
+from sfn_teach.train import CURVATURE_FIELDS, TIMING_FIELDS
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +100,11 @@ BAD_CONFIGS = [
     ("no optimisers", ("optimizers",), [], "optimizers"),
     ("cuda without a GPU", ("device",), "cuda" if not torch.cuda.is_available() else "tpu",
      "device"),
+    ("zero time budget", ("train", "time_budget"), 0, "train.time_budget"),
+    ("time budget as text", ("train", "time_budget"), "60", "train.time_budget"),
+    ("infinite time budget", ("train", "time_budget"), float("inf"), "train.time_budget"),
+    ("curvature every 0", ("train", "curvature_every"), 0, "train.curvature_every"),
+    ("curvature every 1.5", ("train", "curvature_every"), 1.5, "train.curvature_every"),
 ]
 
 
@@ -110,6 +122,25 @@ def test_dense_optimiser_refused_on_a_large_model():
     with pytest.raises(ConfigError, match="dense Hessian") as error:
         validate_config(config)
     assert error.value.field == "optimizers[2].type"
+
+
+def test_curvature_diagnostics_refused_where_they_cannot_run():
+    config = changed(("model", "hidden"), [100])  # 7,510 parameters
+    config["train"]["curvature_every"] = 2
+    with pytest.raises(ConfigError, match="dense Hessian.*7510.*DENSE_MAX_DIM = 4096") as error:
+        validate_config(config)
+    assert error.value.field == "train.curvature_every"
+    config = changed(("train", "curvature_every"), 2)
+    del config["train"]["batch_size"]
+    for optimizer in config["optimizers"]:
+        optimizer["batch_size"] = 100
+    with pytest.raises(ConfigError, match="diagnostic batch") as error:
+        validate_config(config)
+    assert error.value.field == "train.batch_size"
+    with pytest.raises(ConfigError, match="one process") as error:  # torchrun
+        data_parallel_config(validate_config(changed(("train", "curvature_every"), 2)),
+                             Launch(rank=0, size=2, local_rank=0, local_size=2))
+    assert error.value.field == "train.curvature_every"
 
 
 def test_bad_config_stops_the_cli_before_training(tmp_path, capsys):
@@ -142,9 +173,14 @@ def test_run_report_and_resume_in_process(tmp_path):
         "adam-seed0", "adam-seed1", "seriessfn-adaptive-seed0", "seriessfn-adaptive-seed1"}
     assert [row["optimizer"] for row in rows] == ["Adam", "SeriesSFN adaptive"]
     assert rows[1]["seeds"] == 2 and rows[1]["grad_equivalents"]["median"] > 12
+    assert rows[0]["example_grad_equivalents"]["median"] == 12 * 200  # Adam: 1 gradient a step
+    assert all(r["example_grad_equivalents"] == 200 * r["grad_equivalents"] for r in records)
     for name in ("summary.md", "summary.json", "train_loss.png", "test_loss.png",
                  "test_accuracy.png", "optimizer_stats.png"):
         assert (out / name).stat().st_size > 0
+    assert not (out / "curvature.png").exists()  # no curvature diagnostics asked for
+    assert not set(CURVATURE_FIELDS) & set(records[-1])
+    assert "| per-example grad-equiv. |" in (out / "summary.md").read_text()
     assert "| SeriesSFN adaptive | 2 | 12 |" in (out / "summary.md").read_text()
     assert result.table in (out / "summary.md").read_text()
     json.loads((out / "summary.json").read_text())  # strict JSON (∞ written as null)
@@ -184,6 +220,76 @@ def test_corrupt_checkpoint_is_reported_and_never_used(tmp_path):
         path.write_bytes(b"garbage" * 100)
     with pytest.raises(CheckpointError, match="no good checkpoint"):
         run_benchmark(TINY, out, resume=True, progress=False)
+
+
+def test_summary_gives_the_work_per_example_and_to_the_target():
+    """SGD on batches of 100 and of 400, one gradient per step: equal work per step, four
+    times the work per example; to the target (val loss ≤ 0.5) at steps 3 and 1."""
+    def records(name, batch, losses):
+        return [{"optimizer": name, "seed": 0, "step": step, "epoch": 0.0, "wall_clock": 0.5 * step,
+                 "grad_equivalents": float(step), "example_grad_equivalents": float(batch * step),
+                 "val_loss": loss, "test_loss": loss, "test_accuracy": 0.5}
+                for step, loss in enumerate(losses)]
+
+    runs = records("SGD 100", 100, [2.0, 1.0, 0.7, 0.5, 0.4]) + records("SGD 400", 400,
+                                                                       [2.0, 0.4, 0.3, 0.2, 0.1])
+    small, large = summarise(runs, target_loss=0.5)
+    assert small["grad_equivalents"]["median"] == large["grad_equivalents"]["median"] == 4
+    assert (small["example_grad_equivalents"]["median"],
+            large["example_grad_equivalents"]["median"]) == (400, 1600)
+    assert (small["grad_equivalents_to_target"]["median"],
+            large["grad_equivalents_to_target"]["median"]) == (3, 1)
+    assert (small["example_grad_equivalents_to_target"]["median"],
+            large["example_grad_equivalents_to_target"]["median"]) == (300, 400)
+    table = format_table([small, large], 0.5)
+    assert ("| train time (s) | grad-equivalents | per-example grad-equiv. | time to val loss ≤ "
+            "0.5 (s) | grad-equiv. to target | per-example grad-equiv. to target | reached |"
+            in table)
+    assert "| SGD 400 | 1 | 4 | 0.1 | 0.5 | 2 | 4 | 1.6e+03 | 0.5 | 1 | 400 | 1/1 |" in table
+    figure = plot_curves(runs, "val_loss", xs=("example_grad_equivalents",))
+    axis = figure.axes[0]
+    assert axis.get_xlabel() == AXES["example_grad_equivalents"] and axis.get_xscale() == "log"
+    assert list(axis.lines[1].get_xdata()) == [0, 400, 800, 1200, 1600]
+
+
+def test_a_time_budget_stops_each_run_and_a_resume_continues_to_it(tmp_path, monkeypatch):
+    """1 s per step (a stand-in clock): a budget of 4.5 s stops every run after step 5 and
+    records it; a resume from the checkpoint at step 2 continues to the same stop."""
+    monkeypatch.setattr(train_module, "timed", lambda fn, device: (fn(), 1.0))
+    config = changed(("train", "time_budget"), 4.5)
+    out = tmp_path / "run"
+    records = run_benchmark(config, out, progress=False).records
+    assert [r["step"] for r in records] == [0, 2, 4, 5] * 4
+    assert [r["wall_clock"] for r in records[:4]] == [0.0, 2.0, 4.0, 5.0]
+    run_dir = out / "seriessfn-adaptive-seed1"
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == 5  # the stop is checkpointed
+    lines = []
+    run_benchmark(config, out, resume=True, log=lines.append)  # stopped on its budget: finished
+    assert sum("already finished (step 5 of 12" in line for line in lines) == 4
+    (run_dir / "checkpoint.pt.prev").replace(run_dir / "checkpoint.pt")  # back to step 2
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == 2
+    run_benchmark(config, out, resume=True, progress=False)
+    assert load_benchmark(out)[1] == records
+
+
+def test_curvature_diagnostics_in_a_benchmark_run_and_their_figure(tmp_path):
+    config = changed(("train", "curvature_every"), 2)
+    config["train"]["steps"] = 4
+    config["train"]["evals"] = 4
+    result = run_benchmark(config, tmp_path, progress=False)
+    series = [r for r in result.records if r["optimizer"] == "SeriesSFN adaptive"]
+    assert [r["lambda_max_squared"] is not None for r in series] == [True, False, True, False,
+                                                                     True] * 2
+    assert [r["cos_series_exact"] is not None for r in series] == [False, False, True, False,
+                                                                   True] * 2
+    adam = [r for r in result.records if r["optimizer"] == "Adam"]
+    assert all(r["cos_gradient_exact"] is None and r["cos_series_exact"] is None for r in adam)
+    assert adam[0]["lambda_max_squared"] == series[0]["lambda_max_squared"]  # same θ₀ and batch
+    assert (tmp_path / "curvature.png").stat().st_size > 0
+    left, right = plot_curvature(result.records).axes
+    assert [len(line.get_xdata()) for line in left.lines] == [2, 3]  # SeriesSFN: series, gradient
+    assert right.get_yscale() == "log"
+    assert [len(line.get_xdata()) for line in right.lines] == [3, 4, 3]  # Adam λ²; SFN: V, λ²
 
 
 def test_report_command_and_help(tmp_path, capsys):

@@ -395,7 +395,8 @@ def test_channels_last_is_for_cuda_only_and_a_cpu_run_says_it_ignores_it(data_di
 def test_summary_states_the_time_kept_out_of_the_training_time():
     def final(optimizer, seed, warmup, compiled, error=None):
         return {"optimizer": optimizer, "seed": seed, "step": 3, "epoch": 1.0, "wall_clock": 2.0,
-                "grad_equivalents": 3.0, "test_loss": 1.0, "test_accuracy": 0.5,
+                "grad_equivalents": 3.0, "example_grad_equivalents": 300.0, "test_loss": 1.0,
+                "test_accuracy": 0.5,
                 "val_loss": 1.0, "warmup_seconds": warmup, "compile_seconds": 4.0 * compiled,
                 "compiled": compiled and error is None, "compile_error": error}
 
