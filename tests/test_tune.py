@@ -1,6 +1,7 @@
-"""`bench tune`: the [tune] table and the search spaces of DESIGN.md §5, clear errors before any
-work, and a real local tuning on the digits task that ASHA cuts short, is interrupted, resumes
-without repeating finished trials and re-runs the best settings over seeds."""
+"""`bench tune`: the [tune] table and the paper's search spaces, clear errors before any work,
+and a real local tuning on the digits task that ASHA cuts short, whose trials and re-runs keep
+to the time budget, that is interrupted, resumes without repeating finished trials and re-runs
+the best settings over seeds."""
 
 import dataclasses
 import json
@@ -123,6 +124,20 @@ def test_a_trial_config_sets_the_sampled_values_and_adams_betas():
     assert adam.hyperparameters == {"lr": 0.01, "betas": (0.9, 0.99)}
     assert series.hyperparameters["num_terms"] == 7 and config.seeds == (5, 6)
     assert config.fast["seeds"] == (5, 6) and "tune" not in raw
+    assert config.time_budget is None  # the config's own: none
+
+
+def test_trials_and_reruns_get_the_tuning_time_budget():
+    """A trial, and a re-run of the best settings, stops at ``tune.time_budget`` s of training
+    time (replacing any ``train.time_budget`` of the config); in fast mode too."""
+    raw = {**DIGITS, "train": {**DIGITS["train"], "time_budget": 99.0}}
+    settings = tune_settings(validate_config(with_tune({"time_budget": 3.0, "grace_period": 1.0},
+                                                          raw)))
+    trial = validate_config(tuned_raw(raw, {2: {"num_terms": 7}}, [0], settings.time_budget))
+    assert trial.time_budget == 3.0 and trial.num_steps(trial.optimizers[0]) == 100  # the cap
+    assert trial.fast_version().time_budget == 3.0
+    assert validate_config(tuned_raw(raw, {2: {}}, [0])).time_budget == 99.0
+    assert settings.budget().endswith("best re-run over 10 seeds, 3 s of training time each")
 
 
 BAD_TUNE = [
@@ -322,6 +337,15 @@ def test_local_tuning_stops_trials_early_resumes_and_reruns_the_best(tmp_path):
         steps = [r["step"] for r in records]
         assert steps == sorted(set(steps))  # no record twice
 
+    # no trial trains past its budget: it stops after the first step that reaches 2 s, with a
+    # record there (so at most one step over), whether or not an evaluation was due
+    for records in after.values():
+        times = [r["wall_clock"] for r in records]
+        assert all(t < 2.0 for t in times[:-1]), times
+    budget = [t for t in trials if t["end"] == "budget"]
+    for trial in budget:
+        assert trial["wall_clock"] >= 2.0 and trial["step"] < 6000
+
     # ASHA stopped some trials at a rung: before the budget and before their last step
     stopped = [t for t in trials if t["end"] == "stopped"]
     assert stopped, trials
@@ -342,9 +366,15 @@ def test_local_tuning_stops_trials_early_resumes_and_reruns_the_best(tmp_path):
     for slug in SLUGS[:2]:
         for seed in (1, 2):
             assert (out / "best" / f"{slug}-seed{seed}" / "records.jsonl").exists()
+    rerun = json.loads((out / "best" / "config.json").read_text())["config"]
+    assert rerun["train"]["time_budget"] == 2.0  # the re-runs' budget is the trials'
+    for path in (out / "best").glob("*/records.jsonl"):
+        times = [json.loads(line)["wall_clock"] for line in path.read_text().splitlines()]
+        assert all(t < 2.0 for t in times[:-1]), (path, times)
     assert not list((out / "best").glob("seriessfn-diverging*"))
     report = (out / "tune.md").read_text()
     assert "Budget of every optimiser: 4 samples" in report and "| Adam | 4 |" in report
+    assert "Each run trained for at most 2 s of training time, the trials' budget" in report
     assert (out / "asha.png").stat().st_size > 0 and (out / "best" / "summary.md").exists()
     assert not (home / "ray_results").exists()  # Ray's storage is the output folder
     assert time.perf_counter() - start < 180
