@@ -121,6 +121,10 @@ def test_two_gloo_ranks_write_the_single_process_records(runs):
         assert sorted(p.name for p in (folder / "parallel" / run).iterdir()) == [
             "checkpoint.pt", "checkpoint.pt.prev", "records.jsonl"]
         assert all(r["allreduce_bytes"] is None for r in reference)
+        # the work per example counts the global batch of 200, not a rank's shard of 100
+        assert [r["example_grad_equivalents"] for r in ours] == [
+            r["example_grad_equivalents"] for r in reference]
+        assert ours[-1]["example_grad_equivalents"] == 200 * ours[-1]["grad_equivalents"] > 0
         last = ours[-1]
         assert 0 < last["allreduce_seconds"] <= last["wall_clock"]
         share = last["allreduce_seconds"] / last["wall_clock"]
@@ -161,6 +165,21 @@ def test_a_killed_data_parallel_run_resumes_to_the_same_records(runs, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     for run in RUNS:
         assert_same_losses(records(out / run), records(folder / "single" / run))
+
+
+@pytest.mark.slow
+def test_data_parallel_ranks_stop_together_at_the_time_budget(runs, tmp_path):
+    """Each rank has its own clock; rank 0's decides, so both stop after the same step (else
+    one rank would wait for ever in the next step's all-reduce)."""
+    folder, _ = runs
+    out = tmp_path / "budget"
+    budgeted = bench("run", folder / "dp.toml", "--out", out, "--quiet", "--set",
+                     "train.steps=1000000", "--set", "train.time_budget=0.5", nproc=2)
+    assert budgeted.returncode == 0, budgeted.stderr
+    for run in RUNS:
+        first, last = records(out / run)  # step 0 and the step that reached the budget
+        assert first["step"] == 0 and 0 < last["step"] < 1000000
+        assert last["wall_clock"] >= 0.5 and last["allreduce_seconds"] > 0
 
 
 @pytest.mark.slow
