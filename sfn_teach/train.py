@@ -290,6 +290,22 @@ def curvature_diagnostics(model, loss_fn, inputs, targets, optimizer) -> dict:
     return diagnostics
 
 
+def _diagnostic_batch(model, dataset, curvature_every, curvature_batch_size, process_group):
+    """The first ``curvature_batch_size`` training examples as ``(model inputs, targets)``,
+    after checking that :class:`Trainer` can record curvature diagnostics every
+    ``curvature_every`` records (a ValueError names the argument and its valid range)."""
+    _check_count("curvature_every", curvature_every, 1)
+    if count_parameters(model) > DENSE_MAX_DIM:
+        raise ValueError(f"curvature_every needs the dense Hessian: at most "
+                         f"sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM} parameters, but the "
+                         f"model has {count_parameters(model)}")
+    if process_group is not None:
+        raise ValueError("curvature_every must be None when data-parallel (process_group "
+                         "set): the diagnostics run in one process")
+    _check_count("curvature_batch_size", curvature_batch_size, 1, len(dataset.train))
+    return next(dataset.train.chunks(curvature_batch_size))
+
+
 class Trainer:
     """Trains ``model`` with ``optimizer`` on minibatches of ``dataset.train``.
 
@@ -343,17 +359,10 @@ class Trainer:
         curvature_batch_size: int | None = None,
     ):
         _check_count("warmup_steps", warmup_steps, 0)
-        if curvature_every is not None:
-            _check_count("curvature_every", curvature_every, 1)
-            if count_parameters(model) > DENSE_MAX_DIM:
-                raise ValueError(f"curvature_every needs the dense Hessian: at most "
-                                 f"sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM} parameters, "
-                                 f"but the model has {count_parameters(model)}")
-            if process_group is not None:
-                raise ValueError("curvature_every must be None when data-parallel "
-                                 "(process_group set): the diagnostics run in one process")
-        curvature_batch_size = batch_size if curvature_batch_size is None else curvature_batch_size
-        _check_count("curvature_batch_size", curvature_batch_size, 1, len(dataset.train))
+        self.curvature_every = curvature_every
+        self.curvature_batch = None if curvature_every is None else _diagnostic_batch(
+            model, dataset, curvature_every,
+            batch_size if curvature_batch_size is None else curvature_batch_size, process_group)
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
         self.loss_fn, self.cost, self.eval_batch_size = loss_fn, cost, eval_batch_size
         self.precision, self.warmup_steps = precision or Precision(), warmup_steps
@@ -372,8 +381,6 @@ class Trainer:
         self.allreduce_seconds = 0.0
         self.counts = {"gradients": 0, "hvps": 0, "forward": 0, "skipped": 0}
         self.last_stats: dict = {}
-        self.curvature_every = curvature_every
-        self.curvature_batch = next(dataset.train.chunks(curvature_batch_size))
 
     @property
     def epoch(self) -> float:
@@ -465,9 +472,6 @@ class Trainer:
     def record(self) -> dict:
         """Evaluate on every split; the record of the current step (flat, JSON-ready).
 
-        Fields: ``step``, ``epoch``; the times (s) ``wall_clock`` (training steps only, after
-        warm-up), ``warmup_seconds``, ``compile_seconds``; ``grad_equivalents`` and the
-        counts ``gradients``, ``hvps``, ``forward``, ``skipped_steps``;
         Fields: ``step``, ``epoch``; the times (s) ``wall_clock`` (training steps only, after
         warm-up), ``warmup_seconds``, ``compile_seconds``; ``grad_equivalents`` ``Σ_t c_t``,
         ``example_grad_equivalents`` ``Σ_t c_t B_t`` and the counts ``gradients``, ``hvps``,

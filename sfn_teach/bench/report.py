@@ -163,17 +163,19 @@ def _draw_median(ax, runs, x, y, label, **style) -> bool:
     return True
 
 
+LOG_AXES = ("wall_clock", "grad_equivalents", "example_grad_equivalents")
+"""The x axes that :func:`plot_curves` draws on a log scale by default: costs."""
+
+
 def plot_curves(records, y="test_loss", xs=("step", "wall_clock", "grad_equivalents"),
-                log_y=None, log_x=("wall_clock", "grad_equivalents", "example_grad_equivalents"),
-                ) -> Figure:
+                log_y=None, log_x=LOG_AXES) -> Figure:
     """``y`` against each of ``xs``, one panel each: median over seeds and min–max band.
 
     The ``xs`` are record fields, e.g. those of :data:`AXES` (``"example_grad_equivalents"``
     for the work per example). ``log_y`` defaults to a log scale for losses. The ``xs`` named
-    in ``log_x`` get a log
-    axis, since costs of different optimisers differ by orders of magnitude (the point at
-    ``x = 0``, step 0, is then not drawn). Optimisers for which ``y`` is never defined are
-    left out.
+    in ``log_x`` get a log axis, since costs of different optimisers differ by orders of
+    magnitude (the point at ``x = 0``, step 0, is then not drawn). Optimisers for which ``y``
+    is never defined are left out.
     """
     log_y = y.endswith("loss") if log_y is None else log_y
     figure = Figure(figsize=(4.2 * len(xs), 3.4), layout="constrained")
@@ -222,30 +224,32 @@ def plot_curvature(records, x="step") -> Figure:
     Newton the series gets than the gradient. Right, on a log scale: the series' ``V`` (solid)
     next to ``λ_max(H²) = max_i h_i²`` of the dense Hessian (dashed); the series converges
     where ``h² ≤ 2V`` and resolves ``|h| ≳ √(V/K)`` only. Median over seeds with min–max band;
-    an optimiser's colour is its colour in every figure.
+    an optimiser's colour is its colour in every figure (legend on the right, for the
+    optimisers drawn).
     """
-    figure = Figure(figsize=(9.6, 3.8), layout="constrained")
+    figure = Figure(figsize=(12.0, 3.8), layout="constrained")
     cosines, scales = figure.subplots(1, 2)
     panels = ((cosines, "cos_series_exact", "cos_gradient_exact", "cos(·, Δ_exact)",
                ("cos(Δ_series, Δ_exact)", "cos(g, Δ_exact)")),
               (scales, "scale", "lambda_max_squared", "V and λ_max(H²)",
-               ("V (series)", "λ_max(H²), dense")))
+               ("V (series)", "λ_max(H²) (dense H)")))
+    drawn = {}
     for ax, solid, dashed, label, styles in panels:
-        names = []
         for index, (name, runs) in enumerate(_runs(records).items()):
-            drawn = [_draw_median(ax, runs, x, y, None, color=f"C{index}", linestyle=linestyle,
-                                  marker=".")
-                     for y, linestyle in ((solid, "-"), (dashed, "--"))]
-            if any(drawn):
-                names.append((index, name))
+            for y, linestyle in ((solid, "-"), (dashed, "--")):
+                if _draw_median(ax, runs, x, y, None, color=f"C{index}", linestyle=linestyle,
+                                marker="."):
+                    drawn[name] = index
         if ax is scales and ax.lines:
             ax.set_yscale("log")
         ax.set_xlabel(AXES.get(x, x))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(handles=[Line2D([], [], color=f"C{index}", label=name) for index, name in names]
-                  + [Line2D([], [], color="k", linestyle=linestyle, label=style)
-                     for linestyle, style in zip(("-", "--"), styles)], fontsize="small")
+        ax.legend(handles=[Line2D([], [], color="k", linestyle=linestyle, label=style)
+                           for linestyle, style in zip(("-", "--"), styles)], fontsize="small")
+    figure.legend(handles=[Line2D([], [], color=f"C{index}", label=name)
+                           for name, index in sorted(drawn.items(), key=lambda item: item[1])],
+                  loc="outside right upper", fontsize="small")
     return figure
 
 

@@ -58,11 +58,12 @@ moment (mid-step, between a record and its checkpoint, or mid-way through writin
 checkpoint, see :mod:`sfn_teach.checkpoint`) loses no record and duplicates none. A run is
 finished when its checkpoint is at the last step, or, with ``train.time_budget``, at the step
 whose ``wall_clock`` reached the budget; finished runs are skipped on resume. A resumed
-time-budgeted run continues until its budget; since its steps are timed anew, where it
-stops may differ from an uninterrupted run (a time budget's length depends on the machine). (For
-the tests, the fault point ``"record"`` of :func:`sfn_teach.checkpoint.fault_point` lies
-between a durable record and its checkpoint.) ``config.json`` is written atomically too
-(:func:`sfn_teach.checkpoint.write_atomically`, fault point ``"config-write"``).
+time-budgeted run continues until its budget; since its steps are timed anew, it may stop at
+another step than an uninterrupted run would (how many steps fit in a time budget depends on
+the machine and its load). (For the tests, the fault point ``"record"`` of
+:func:`sfn_teach.checkpoint.fault_point` lies between a durable record and its checkpoint.)
+``config.json`` is written atomically too (:func:`sfn_teach.checkpoint.write_atomically`, fault
+point ``"config-write"``).
 
 **Damage.** A resume uses the newest checkpoint that is intact and whose records are all on
 disk and readable; when it has to skip the newest (a corrupt file, or a damaged line among the
@@ -461,10 +462,10 @@ def data_parallel_config(config: BenchmarkConfig, launch: Launch) -> BenchmarkCo
 
     Every optimiser's (global) batch size must be divisible by the number of ranks, and
     ``train.curvature_every`` must be off (the diagnostics are for small models, in one
-    process). A CUDA
-    config runs each rank on ``cuda:LOCAL_RANK`` with NCCL, so it must say ``device = "cuda"``
-    (or ``"auto"``), not one GPU, and the machine needs a GPU per local rank. Raises
-    :class:`ConfigError` naming the field; returns the config on this rank's device.
+    process). A CUDA config runs each rank on ``cuda:LOCAL_RANK`` with NCCL, so it must say
+    ``device = "cuda"`` (or ``"auto"``), not one GPU, and the machine needs a GPU per local
+    rank. Raises :class:`ConfigError` naming the field; returns the config on this rank's
+    device.
     """
     for i, spec in enumerate(config.optimizers):
         if spec.batch_size % launch.size:
