@@ -2,11 +2,12 @@
 
 From Python (e.g. a notebook)::
 
-    from sfn_teach.bench import run_benchmark, load_benchmark, plot_curves
+    from sfn_teach.bench import run_benchmark, load_benchmark, plot_curves, plot_curvature
     result = run_benchmark("benchmarks/digits_mlp.toml", "runs/digits_mlp", fast=True)
     print(result.table)                        # median [min–max] over seeds
     plot_curves(result.records, "test_loss")   # a matplotlib Figure
     plot_curves(result.records, xs=("example_grad_equivalents",))   # against work per example
+    plot_curvature(result.records)             # with [train] curvature_every (small models)
     config, records = load_benchmark("runs/digits_mlp")   # read a run directory back
 
     # one run by hand, e.g. from a tuner: a config with a field changed, its data, one seed
