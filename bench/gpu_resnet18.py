@@ -18,7 +18,7 @@ and one table at the end: median ms/step, images/s, the ratio to SGD, peak memor
 (``torch.cuda.max_memory_allocated``) and the step in gradient-equivalents next to the cost
 model ``1 + 2(K−1)·c_HVP`` (``+ f`` where Levenberg–Marquardt damping re-evaluates the loss).
 
-The optimisers use the published CIFAR-10 settings (DESIGN.md §5): SGD; Adam; SeriesSFN
+The optimisers use the published CIFAR-10 settings (docs/method.md §7): SGD; Adam; SeriesSFN
 ``K=2, r=0`` damped and unadaptive; SeriesSFN ``K=5, r=2`` adaptive with Levenberg–Marquardt
 damping, and the same with ``r=0`` (not a published setting: it isolates the cost of Wynn's
 ε). SeriesSFN takes its gradient and its ``2(K−1)`` HVPs on the same batch with BatchNorm in

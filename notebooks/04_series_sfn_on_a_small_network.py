@@ -420,7 +420,7 @@ panel
 #
 # The settings above were tuned by the paper's authors for another task. A fair comparison
 # tunes **every** optimiser on this one, with the **same budget**: the paper drew 100
-# configurations per optimiser from fixed search spaces (DESIGN.md §5: for the series
+# configurations per optimiser from fixed search spaces (`docs/method.md` §7: for the series
 # $K \sim U\{1..20\}$, $r \sim U\{0..\lfloor(K-1)/2\rfloor\}$,
 # $\lambda_0 \sim \log U[10^{-8}, 1]$) and gave each at most the same seconds of training
 # time, with **ASHA** (asynchronous successive halving) deciding which trials deserve them.

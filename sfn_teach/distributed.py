@@ -6,7 +6,7 @@ average of the shards' losses, ``f = (1/P) Σ_r f_r``, so
     g = (1/P) Σ_r g_r      and      Hv = (1/P) Σ_r H_r v.
 
 The gradient and *every* Hessian-vector product of the series must therefore be averaged over
-the ranks: ``2(K − 1)`` all-reduces per step besides the gradient's (DESIGN.md §5). The
+the ranks: ``2(K − 1)`` all-reduces per step besides the gradient's (docs/method.md §8). The
 optimiser does it itself (:class:`RankAveragedOperator`), since the products are not
 ``.backward()`` calls that DistributedDataParallel's hooks could see. Each all-reduce sends one
 flat tensor (the loss and the gradient travel together).

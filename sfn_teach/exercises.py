@@ -321,7 +321,7 @@ def check_filter_limit(scale: float, answer: float) -> CheckResult:
 
 
 def check_adaptive_step_sizes(student_fn: Callable, seed: int = 0) -> CheckResult:
-    """Check ``student_fn(g_dir, g_prev, q)`` returns the adaptive ``(α, μ)`` of DESIGN.md §4.
+    """Check ``student_fn(g_dir, g_prev, q)`` returns the adaptive ``(α, μ)`` of docs/method.md §6.
 
     The solution of ``[[gᵀΔ, gᵀδ₀], [gᵀδ₀, q]] (α, μ)ᵀ = (gᵀΔ, gᵀδ₀)ᵀ``, compared with
     :func:`sfn_teach.optim.adaptive_step_sizes` on random non-singular systems.

@@ -1,6 +1,6 @@
 """Matrix-free Hessian-vector products and power iteration.
 
-Notation (DESIGN.md §2): ``θ`` parameters, ``f(θ)`` a scalar loss, ``g = ∇f(θ)`` its gradient,
+Notation (docs/method.md): ``θ`` parameters, ``f(θ)`` a scalar loss, ``g = ∇f(θ)`` its gradient,
 ``H = ∇²f(θ)`` its Hessian (symmetric, possibly indefinite) and ``v`` a direction.
 
 Pearlmutter (1994): the product ``Hv`` is a directional derivative of the gradient,

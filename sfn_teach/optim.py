@@ -1,7 +1,7 @@
 """Optimisers along curvature-rescaled directions: ``SeriesSFN``, ``ExactSFN``, ``Newton``.
 
-All three share one update rule (DESIGN.md §4). At step ``t`` with gradient ``g`` and a direction
-``Δ`` that approximates ``C⁻¹g`` for a positive curvature ``C``,
+All three share one update rule (docs/method.md §6). At step ``t`` with gradient ``g`` and a
+direction ``Δ`` that approximates ``C⁻¹g`` for a positive curvature ``C``,
 
     δ_t = α_t Δ_t + μ_t δ_{t−1},        θ_{t+1} = θ_t − δ_t,        δ_{−1} = 0.
 

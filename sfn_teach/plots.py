@@ -3,8 +3,8 @@
 Every ``plot_*`` function draws into ``ax`` (or ``axes``) when given and otherwise makes a new
 :class:`matplotlib.figure.Figure` (not registered with pyplot, so nothing is shown twice and
 nothing leaks); it returns ``(fig, ax)`` so that a test can inspect the artists. Nothing here
-calls ``plt.show``. The notation is DESIGN.md's: ``H`` with eigenvalues ``h``, ``K`` terms,
-scale ``V``, damping ``λ``, Wynn order ``r``.
+calls ``plt.show``. The notation is that of docs/method.md: ``H`` with eigenvalues ``h``,
+``K`` terms, scale ``V``, damping ``λ``, Wynn order ``r``.
 
 The functions that compute what a figure shows are public too (:func:`toy_grid`,
 :func:`filter_relative_error`, :func:`max_filter_error`, :func:`direction_convergence`), so
@@ -282,7 +282,7 @@ def plot_eigen_directions(toy: Toy | str, point, ax=None, *, length: float | Non
 def plot_paper_toy_figure(
     steps: int = 5, num_terms: int = 20, scale: float = 25.0, lr: float = 0.1, ax=None
 ):
-    """The paper's toy figure (DESIGN.md §5): ``f = 2x² + 2xy − y²`` from ``(−0.75, −0.75)``.
+    """The paper's toy figure (docs/method.md §7): ``f = 2x² + 2xy − y²`` from ``(−0.75, −0.75)``.
 
     Gradient descent (``α = lr``), Newton and exact SFN for ``steps`` steps each, and the
     one-step partial sums ``θ_0 − V^(-½) S_j``, ``j < K = num_terms``, of the undamped series

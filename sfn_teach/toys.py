@@ -216,7 +216,7 @@ def hessian(toy: Toy | str, point) -> torch.Tensor:
 def series_scale_limit(toy: Toy | str, point) -> float:
     """The smallest scale for which the series converges at ``point``: ``max_i h_i² / 2``.
 
-    Per eigenvalue the series converges if and only if ``h² ≤ 2V`` (DESIGN.md §3), so with
+    Per eigenvalue the series converges if and only if ``h² ≤ 2V`` (docs/method.md §3), so with
     ``V`` below this value the component along the steepest eigenvector grows like
     ``|1 − h²/V|^K``.
     """
@@ -480,7 +480,7 @@ def series_partial_sum_points(
     """The points ``θ_0 − V^(-½) S_j``, ``j = 0, …, K − 1``, one row each: shape ``(K, 2)``.
 
     ``S_j = Σ_{k≤j} c_k v_k`` with ``v_0 = g`` and ``v_k = (I − H²/V) v_{k−1}`` are the partial
-    sums of the series at ``θ_0`` (DESIGN.md §3), so row ``j`` is where one undamped-step
+    sums of the series at ``θ_0`` (docs/method.md §2), so row ``j`` is where one undamped-step
     (``α = 1``) of series SFN with ``j + 1`` terms lands. Each row is
     :func:`~sfn_teach.series.sfn_direction` with ``j + 1`` terms on the dense Hessian
     (products ``Hv`` by ``H @ v``). If every ``h² ≤ 2V`` the rows converge to the exact step

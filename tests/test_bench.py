@@ -312,7 +312,7 @@ def test_fast_mode_from_the_environment(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------
-# Acceptance 2: SIGKILL at several points, then --resume, gives the uninterrupted records
+# SIGKILL at several points, then --resume, gives the uninterrupted records
 # --------------------------------------------------------------------------------------------
 
 

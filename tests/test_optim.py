@@ -57,7 +57,7 @@ class TinyNet(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Acceptance 4: saddles, Newton steps, adaptive solve, damping, state_dict
+# Saddles, Newton steps, the adaptive solve, damping, state_dict
 # ---------------------------------------------------------------------------------------------
 
 
@@ -179,7 +179,7 @@ def test_adaptive_step_sizes_equal_an_independent_two_by_two_solve():
         optimizer.step(model.loss)
         assert optimizer.stats["alpha"] == pytest.approx(alpha, abs=1e-9)
         assert optimizer.stats["mu"] == pytest.approx(mu, abs=1e-9)
-        assert optimizer.stats["alpha"] == pytest.approx(1.0, abs=1e-9)  # as DESIGN.md says
+        assert optimizer.stats["alpha"] == pytest.approx(1.0, abs=1e-9)  # the solution is (1, 0)
         previous_update = theta - flat()
         curvature = mu * curvature + alpha * g
 
@@ -308,7 +308,7 @@ def test_diverging_series_is_reported():
 
 
 # ---------------------------------------------------------------------------------------------
-# Acceptance 5: bad input, each named, parameters unchanged
+# Bad input, each named, parameters unchanged
 # ---------------------------------------------------------------------------------------------
 
 

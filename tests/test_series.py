@@ -51,7 +51,7 @@ def cosine(a, b):
 
 
 # ---------------------------------------------------------------------------------------------
-# Coefficients (acceptance 1)
+# Coefficients against 100-digit mpmath
 # ---------------------------------------------------------------------------------------------
 
 
@@ -107,7 +107,7 @@ def test_damping_squared_equal_to_scale_is_regular():
 
 
 # ---------------------------------------------------------------------------------------------
-# The series on an operator against the dense matrix polynomial (acceptance 2)
+# The series on an operator against the dense matrix polynomial
 # ---------------------------------------------------------------------------------------------
 
 

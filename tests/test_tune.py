@@ -244,7 +244,7 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, capsys, monkey
 
 
 # --------------------------------------------------------------------------------------------
-# Acceptance 2: a real local tuning, interrupted and resumed
+# A real local tuning, interrupted and resumed
 # --------------------------------------------------------------------------------------------
 
 # Adam and the paper's adaptive SeriesSFN on the digits, 4 samples × 2 s each (--fast), halving
