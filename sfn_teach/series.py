@@ -236,7 +236,8 @@ class SeriesResult:
     geometrically in every later term and partial sum: ``diverging`` is then set.
     ``square_of_grad`` is ``H²g``, the first product pair (``None`` when ``K = 1``); the
     ``lower_bound`` scale rule reads ``‖H²g‖/‖g‖`` from it. ``moments`` are
-    ``ν_0, …, ν_{2K−2}`` with ``ν_s = gᵀ X^s g`` (float64; module docstring) and
+    ``ν_0, …, ν_{2K−2}``, at most up to ``ν_{2M}`` with ``M =`` :data:`MAX_RITZ_DIMENSION`,
+    where ``ν_s = gᵀ X^s g`` (float64; module docstring), and
     ``ritz_values`` the Ritz values of ``H²`` they give (:func:`ritz_values`, ascending; empty
     for ``K = 1``).
     """
@@ -250,6 +251,11 @@ class SeriesResult:
     square_of_grad: torch.Tensor | None = None
     moments: list[float] = field(default_factory=list)
     ritz_values: torch.Tensor | None = None
+
+
+#: the largest Krylov dimension of :func:`ritz_values`; Hankel matrices of moments are far too
+#: ill-conditioned beyond it in float64, and :func:`sfn_series` collects no more moments
+MAX_RITZ_DIMENSION = 16
 
 
 def ritz_values(
@@ -273,18 +279,19 @@ def ritz_values(
     ``span{g, H²g, …, H^{2(m−1)}g}``. They lie within ``[λ_min(H²), λ_max(H²)]``, and the
     largest is the Lanczos estimate of ``λ_max(H²)``, from below.
 
-    ``m`` is as large as the moments allow (``2m ≤`` their number) while the basis stays
-    numerically independent: Hankel matrices of moments grow ill-conditioned quickly with
-    ``m``, so ``m`` stops before the first ``v_i`` whose part outside the earlier ones (a pivot
-    of the Cholesky factor of the normalised ``G``, squared) is below ``√ε`` of ``dtype``, the
-    precision the vectors were computed in. Returns the Ritz values of ``H²`` in ascending
-    order (float64; empty if ``g = 0`` or there are fewer than two moments).
+    ``m`` is as large as the moments allow (``2m ≤`` their number, at most
+    :data:`MAX_RITZ_DIMENSION`) while the basis stays numerically independent: Hankel matrices
+    of moments grow ill-conditioned quickly with ``m``, so ``m`` stops before the first ``v_i``
+    whose part outside the earlier ones (a pivot of the Cholesky factor of the normalised
+    ``G``, squared) is below ``√ε`` of ``dtype``, the precision the vectors were computed in.
+    Returns the Ritz values of ``H²`` in ascending order (float64; empty if ``g = 0`` or there
+    are fewer than two moments).
     """
     scale = _check_real("scale", scale, positive=True)
     damping = _check_real("damping", damping, positive=False)
     shift = damping if _check_kind(kind) == "quasi-damped" else 0.0
     nu = torch.as_tensor(list(moments), dtype=torch.float64)
-    size = len(nu) // 2
+    size = min(len(nu) // 2, MAX_RITZ_DIMENSION)
     if size == 0 or not nu[0] > 0 or not torch.isfinite(nu).all():
         return torch.empty(0, dtype=torch.float64)
     index = torch.arange(size)
@@ -378,8 +385,9 @@ def sfn_series(
         window = (window + [partial_sum])[-window_size:]
         term_norms.append(norm(term))
         sum_norms.append(norm(partial_sum))
-        wide, previous = term.double(), wide
-        moments += [torch.dot(previous, wide), torch.dot(wide, wide)]  # ν_{2k−1}, ν_{2k}
+        if k <= MAX_RITZ_DIMENSION:
+            wide, previous = term.double(), wide
+            moments += [torch.dot(previous, wide), torch.dot(wide, wide)]  # ν_{2k−1}, ν_{2k}
         if stop_if_diverging and term_norms[-1] > (1 + GROWTH_TOLERANCE) * term_norms[-2]:
             break
 

@@ -12,7 +12,7 @@ from sfn_teach.data import Batches, load_digits
 from sfn_teach.hvp import ModelHVP, dense_hessian
 from sfn_teach.models import MLP
 from sfn_teach.optim import GRADIENT_DESCENT_RATIO, SeriesSFN
-from sfn_teach.series import exact_sfn_direction, ritz_values, sfn_series
+from sfn_teach.series import MAX_RITZ_DIMENSION, exact_sfn_direction, ritz_values, sfn_series
 
 pytestmark = pytest.mark.float64
 
@@ -71,6 +71,15 @@ def test_ritz_values_lie_in_the_spectrum_and_find_few_distinct_eigenvalues_exact
         values = sfn_series(lambda v, hessian=hessian: hessian @ v,
                             torch.ones(30, dtype=torch.float64), 8, float(square[-1])).ritz_values
         assert square[0] * (1 - 1e-9) <= values[0] and values[-1] <= square[-1] * (1 + 1e-9)
+
+
+def test_long_series_collect_moments_only_for_the_ritz_space():
+    hessian = symmetric(torch.linspace(-3, 3, 30, dtype=torch.float64).tolist(), seed=5)
+    grad = torch.ones(30, dtype=torch.float64)
+    long = sfn_series(lambda v: hessian @ v, grad, 200, 20.0, 0.1)
+    assert len(long.moments) == 2 * MAX_RITZ_DIMENSION + 1
+    short = sfn_series(lambda v: hessian @ v, grad, MAX_RITZ_DIMENSION + 1, 20.0, 0.1)
+    assert long.moments == short.moments and long.ritz_values.equal(short.ritz_values)
 
 
 def test_ritz_values_of_nothing():
