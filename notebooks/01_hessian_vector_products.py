@@ -67,7 +67,9 @@ torch.set_default_dtype(torch.float64)  # exact comparisons below; the timing us
 # $g = (4x + 2y,\; 2x - 2y)$ and its Hessian is constant:
 #
 # $$H = \begin{pmatrix} 4 & 2 \\ 2 & -2 \end{pmatrix}, \qquad
-#   h_{1,2} = 1 \pm \sqrt{13} \approx 4.61,\; -2.61 .$$
+#   h_{1,2} = 1 \mp \sqrt{13} \approx -2.61,\; 4.61$$
+#
+# (numbered in ascending order, as `torch.linalg.eigh` returns them).
 #
 # `torch.func.hessian` differentiates twice; `torch.linalg.eigh` gives the eigenpairs
 # $(h_i, q_i)$ with $H = \sum_i h_i q_i q_i^\top$.
@@ -154,9 +156,12 @@ torch.testing.assert_close(hvp_by_double_backward(paper.f, point, v), hvp(paper.
 # The first form, a finite difference, is how *not* to compute it: with step $\varepsilon$ the
 # central difference $\frac{\nabla f(\theta+\varepsilon v) - \nabla f(\theta-\varepsilon v)}
 # {2\varepsilon}$ has a truncation error $O(\varepsilon^2)$ (from the third derivatives) and a
-# rounding error $O(\epsilon_{\text{mach}}/\varepsilon)$. On Himmelblau's function (quartic, so
-# the third derivatives do not vanish) no $\varepsilon$ gets below about $10^{-10}$ in float64,
-# whereas automatic differentiation is exact to rounding.
+# rounding error $O(\epsilon_{\text{mach}}/\varepsilon)$. They balance at
+# $\varepsilon \approx \epsilon_{\text{mach}}^{1/3} \approx 6\cdot10^{-6}$, where the error is
+# about $\epsilon_{\text{mach}}^{2/3} \approx 10^{-11}$: a central difference keeps about
+# two thirds of the 16 digits of float64 at best (a forward difference, with its $O(\varepsilon)$
+# truncation, only half). Automatic differentiation is exact to rounding. On Himmelblau's
+# function (quartic, so the third derivatives do not vanish):
 
 # %%
 theta = torch.tensor([0.3, 2.5])
@@ -174,7 +179,12 @@ ax.axhline(float(np.finfo(np.float64).eps), color="k", ls=":", label="float64 ma
 ax.set(xlabel="step ε", ylabel="relative error of Hv", title="Finite differences vs exact HVP")
 ax.legend()
 plt.show()
-print(f"best finite difference: {min(errors):.1e} at ε = {steps[int(np.argmin(errors))]:.0e}")
+best, best_step = min(errors), steps[int(np.argmin(errors))]
+exact_error = float((hvp(himmelblau.f, theta, u, backend="double-backward") - exact).norm()
+                    / exact.norm())
+print(f"best finite difference: {best:.1e} at ε = {best_step:.0e}; "
+      f"double backward against forward-over-reverse: {exact_error:.1e}")
+assert 1e-13 < best < 1e-9 and exact_error < 1e-14
 
 # %% [markdown]
 # ## 3. Two ways to differentiate twice
@@ -294,11 +304,15 @@ ax.set(xlabel="cost in gradients (median)", title=f"Cost of an HVP, MLP {MLP_SIZ
 plt.show()
 
 # %% [markdown]
-# Expect a from-scratch HVP to cost roughly 2–5 gradients and a marginal one about 1.5–2.5
-# (the exact numbers depend on the machine, the threads and the model; on a busy shared
-# machine they jump around — that is why we take medians). A saddle-free Newton step with
-# $K$ terms costs one gradient plus $2(K-1)$ marginal HVPs: with $K = 5$ and an HVP of 2
-# gradients, about 17 gradients. Notebook 03 shows why a handful of terms can still pay off.
+# Read the numbers the cell printed: a from-scratch HVP costs a few gradients (a forward pass,
+# a backward pass that keeps its graph, and one more backward), and a marginal one, on the
+# kept graph, between one and two gradients (one backward pass through the graph of $g$, which
+# is about as long as the forward and backward passes together; ResNet-18 on a CPU needs 2–3,
+# `bench/hvp_cost.py`). The numbers depend on the machine, the threads and the
+# model, and jump around on a busy shared machine — that is why we take medians. A saddle-free
+# Newton step with $K$ terms costs one gradient plus $2(K-1)$ marginal HVPs: with $K = 5$ and a
+# marginal HVP of 2 gradients, 17 gradients. Notebook 03 shows why a handful of terms can
+# still pay off.
 
 # %% [markdown]
 # ## Exercises
@@ -346,7 +360,8 @@ exercises.check_hvp(my_jvp_hvp)
 #   Double backward and forward-over-reverse give the same product.
 # * Keeping the graph of the gradient makes each further product cheaper: that is how the
 #   series of the next notebooks takes its $2(K-1)$ products per step.
-# * Finite differences are not a substitute: they lose half the digits.
+# * Finite differences are not a substitute: a central difference keeps at best about two
+#   thirds of the digits (a forward difference half), and only at the right step.
 #
 # Next: **02 · Saddles in 2-D** — why Newton's method walks into saddles and how
 # $|H|^{-1}$ fixes it.
