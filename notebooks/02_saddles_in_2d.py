@@ -97,10 +97,10 @@ for run in runs:
 # $$-H^{-1} g = -\sum_i \frac{h_i c_i}{h_i}\, q_i = -\sum_i c_i q_i
 #   \qquad\Longrightarrow\qquad \theta - H^{-1}g = 0 .$$
 #
-# Newton divides each gradient component by its eigenvalue. Where $h_i < 0$ the component
-# $h_i c_i$ of the gradient points *uphill away from* the saddle, and dividing by the
-# negative $h_i$ flips it: the step goes back towards the saddle. The saddle-free step divides
-# by $|h_i|$ instead,
+# Newton divides each gradient component by its eigenvalue. Where $h_i < 0$ the saddle is a
+# *maximum* along $q_i$: the gradient's component $h_i c_i$ points uphill, towards the saddle,
+# and $-g$ points downhill, away from it. Dividing by the negative $h_i$ flips the sign back,
+# so Newton's step goes towards the saddle. The saddle-free step divides by $|h_i|$ instead,
 #
 # $$-|H|^{-1} g = -\sum_i \operatorname{sign}(h_i)\, c_i\, q_i ,$$
 #
@@ -189,6 +189,7 @@ print(f"distance to the exact step: K = 10: {distance[9]:.2e}, K = 200: {distanc
 
 # %%
 landscapes = ["double_well", "monkey", "rosenbrock", "himmelblau"]
+ends = {}
 fig, axes = plt.subplots(2, 2, figsize=(11, 9.5))
 for key, ax in zip(landscapes, axes.flat):
     toy = toys.TOYS[key]
@@ -201,8 +202,35 @@ for key, ax in zip(landscapes, axes.flat):
     ax.set_title(f"{toy.name}: ${toy.formula}$", fontsize=9)
     summary = ", ".join(f"{t.label}: f = {t.final_loss:.3g}" for t in trajectories)
     print(f"{key:>12}  {summary}")
+    ends[key] = {t.optimizer: t.points[-1] for t in trajectories}
 fig.tight_layout()
 plt.show()
+
+
+def near(point, target, tolerance=0.05):
+    return float(np.linalg.norm(np.asarray(point) - np.asarray(target))) < tolerance
+
+
+saddle_of_himmelblau = next(c.point for c in toys.TOYS["himmelblau"].critical_points
+                            if c.kind == "saddle" and near(c.point, (0.09, 2.88), 0.1))
+assert near(ends["double_well"]["newton"], (0, 0)) and near(ends["double_well"]["exact_sfn"], (1, 0))
+assert near(ends["himmelblau"]["newton"], saddle_of_himmelblau)
+assert near(ends["himmelblau"]["exact_sfn"], (3, 2)) and near(ends["rosenbrock"]["exact_sfn"], (1, 1))
+assert near(ends["monkey"]["newton"], (0, 0)) and toys.TOYS["monkey"].f(
+    torch.as_tensor(ends["monkey"]["exact_sfn"])) < -100
+
+# %% [markdown]
+# Read the four panels as one lesson. On the **double well**, started right above the saddle,
+# Newton walks onto the saddle and stays there ($f = 0$), saddle-free Newton leaves it for the
+# minimum at $(1, 0)$, and gradient descent is still on its way after these steps: near a
+# saddle the gradient is small. On the **monkey saddle** Newton again converges to the saddle,
+# while saddle-free Newton and gradient descent run off towards $f \to -\infty$ — the
+# function is unbounded below, so leaving is the right thing to do. **Rosenbrock** has no
+# saddle: both Newton and saddle-free Newton reach the minimum $(1, 1)$ while gradient descent
+# crawls along the valley. On **Himmelblau's function** Newton's first step lands next to the
+# saddle at $(0.09, 2.88)$ and it stays there ($f \approx 68$), while saddle-free Newton
+# reaches the minimum at $(3, 2)$ and gradient descent heads there more slowly. The assertions
+# above check these endings.
 
 # %% [markdown]
 # ## 5. Damping: when $|h|$ is tiny
@@ -212,7 +240,8 @@ plt.show()
 # $x^4/4 - x^2/2 + y^2/2$ the curvature along $x$ is $3x^2 - 1$, zero at $x = 1/\sqrt{3}
 # \approx 0.577$, where the slope is still $x^3 - x \approx -0.38$. The damped direction
 # $(|H| + \lambda I)^{-1} g$ divides by $|h_i| + \lambda$ instead: for $|h_i| \gg \lambda$
-# nothing changes, for $|h_i| \ll \lambda$ it becomes a gradient step of length $1/\lambda$.
+# nothing changes, for $|h_i| \ll \lambda$ it becomes a gradient step with learning rate
+# $1/\lambda$.
 # This is Levenberg–Marquardt damping; the optimiser of this course adapts $\lambda$ as it
 # goes.
 
@@ -233,11 +262,25 @@ for lam, run in zip(damping_values, damped_runs):
     print(f"λ = {lam:<5g} first step {first_step:7.3f} long, f after {run.num_steps} steps "
           f"{run.final_loss:.4f}")
 
+# %%
+def steps_to_minimum(run, level=-0.2499):
+    return next((i for i, f in enumerate(run.losses) if f < level), None)
+
+
+reached = {lam: steps_to_minimum(run) for lam, run in zip(damping_values, damped_runs)}
+print("steps to f < -0.2499:", reached)
+assert reached[1.0] is not None and all(n is None or n >= reached[1.0] for n in reached.values())
+assert max(damped_runs[2].losses) > 10 > max(damped_runs[3].losses)
+
 # %% [markdown]
 # Without damping the first step is about 40 long — far off the plot — and the run needs
-# several steps to come back; $\lambda = 0.1$ tames it and still converges to the minimum
-# at $(1, 0)$ ($f = -0.25$) within a few steps; a large $\lambda$ makes the method a slow
-# gradient descent.
+# many steps to come back; $\lambda = 0.01$ halves it. $\lambda = 0.1$ cuts the first step to
+# about 3.6, but the loss still jumps to about 60 before the run settles in the minimum at
+# $(1, 0)$ ($f = -0.25$). $\lambda = 1$ takes a short first step and is the fastest here:
+# where the troublesome eigenvalue is nearly zero and the others are of order one, a damping
+# of the size of the curvature is just right. A damping far above every $|h_i|$ would turn the
+# method into gradient descent with learning rate $1/\lambda$ — slow; the optimiser of this
+# course adapts $\lambda$ to the loss it sees (Levenberg–Marquardt).
 
 # %% [markdown]
 # ## 6. The saddle explorer
@@ -272,12 +315,13 @@ exercises.check_sfn_step("saddle", (1.0, 0.5), my_sfn_point)
 
 # %% [markdown]
 # **Exercise 3.** On the double well $x^4/4 - x^2/2 + y^2/2$, what are the signs of the
-# eigenvalues of $H$ (smallest first) at $(0.5, 0)$? Is a Newton step from there attracted to
-# the saddle or to a minimum?
+# eigenvalues of $H$ (smallest first) at $(0.3, 0)$? Where does a Newton step from there land —
+# near the saddle or near a minimum? (Then try $(0.5, 0)$, where the curvature has the same
+# signs: why does Newton land somewhere else?)
 
 # %%
 my_signs = ...  # e.g. ("-", "+")
-exercises.check_eigenvalue_signs("double_well", (0.5, 0.0), my_signs)
+exercises.check_eigenvalue_signs("double_well", (0.3, 0.0), my_signs)
 
 # %% [markdown]
 # ## Summary
