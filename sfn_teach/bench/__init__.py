@@ -29,23 +29,25 @@ are listed in :mod:`sfn_teach.bench.runner`. A run folder that cannot be written
 From the shell: ``python -m sfn_teach.bench --help`` (:mod:`sfn_teach.bench.__main__`); one
 run data-parallel: ``torchrun --standalone --nproc-per-node N -m sfn_teach.bench run CONFIG``.
 
-Modules: :mod:`.config` (reading and validating configs), :mod:`.runner` (the run directory,
-training with checkpoints and resume, data parallelism), :mod:`.report` (table and figures
-from records), :mod:`.tune` (tuning with Ray Tune, an optional dependency).
+Modules: :mod:`.config` (reading and validating configs), :mod:`.fields` (the checks of one
+field, shared with the tuner), :mod:`.overrides` (setting fields by dotted paths, ``--set``),
+:mod:`.runner` (training with checkpoints and resume, data parallelism), :mod:`.rundir` (the
+run directory: ``config.json``, records), :mod:`.report` (table and figures from records),
+:mod:`.tune` (tuning with Ray Tune, an optional dependency).
 """
 
 from .config import (
     DTYPES,
     MODELS,
     BenchmarkConfig,
-    ConfigError,
     OptimizerSpec,
-    apply_overrides,
     build_model,
     load_config,
     read_config,
     validate_config,
 )
+from .fields import ConfigError
+from .overrides import apply_overrides
 from .report import (
     format_table,
     plot_curvature,
@@ -54,12 +56,11 @@ from .report import (
     summarise,
     write_report,
 )
+from .rundir import RunDirectoryError, read_records
 from .runner import (
     BenchmarkResult,
-    RunDirectoryError,
     load_benchmark,
     load_dataset,
-    read_records,
     report_benchmark,
     run_benchmark,
     run_id,

@@ -48,9 +48,10 @@ from ..cpu import thread_budget
 from ..data import DataError
 from ..distributed import init_process_group, torchrun_launch
 from ..optim import NonFiniteStepError
-from .config import ConfigError, load_config, tomllib
+from .config import load_config, tomllib
+from .fields import ConfigError
+from .rundir import RunDirectoryError
 from .runner import (
-    RunDirectoryError,
     data_parallel_config,
     fast_from_environment,
     report_benchmark,

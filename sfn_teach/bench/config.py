@@ -54,14 +54,13 @@ optimiser once on a dummy parameter, so the rules are the optimiser's own. Schem
     [tune]                       # settings of `bench tune`: read and validated by
                                  # sfn_teach.bench.tune (not used by `bench run`)
 
-Fields can be overridden before validation by dotted paths (:func:`apply_overrides`, the
-CLI's ``--set``). The fields of :data:`LOCATION_FIELDS` say where verified data is found, not
-what is computed: a run directory may be resumed with other values for them.
+Fields can be overridden before validation by dotted paths (:mod:`sfn_teach.bench.overrides`,
+the CLI's ``--set``). The fields of :data:`LOCATION_FIELDS` say where verified data is found,
+not what is computed: a run directory may be resumed with other values for them.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import math
@@ -77,6 +76,14 @@ from ..hvp import DENSE_MAX_DIM
 from ..models import MLP, count_parameters, resnet18_cifar
 from ..optim import CurvatureOptimizer
 from ..train import OPTIMIZERS, CostModel
+from .fields import (
+    ConfigError,
+    check_choice,
+    check_int,
+    check_positive_number,
+    check_table,
+)
+from .overrides import apply_overrides
 
 try:
     import tomllib
@@ -95,63 +102,15 @@ LOCATION_FIELDS = ("data.dir", "data.url", "data.download")
 """Where the data is found and fetched from; the data itself is verified (SHA-256)."""
 
 
-class ConfigError(ValueError):
-    """A config field is missing, unknown, of the wrong type or out of range.
-
-    ``field`` is the dotted path of the bad field, e.g. ``"optimizers[1].lr"``.
-    """
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"config field '{field}': {message}")
-        self.field = field
-
-
 # --------------------------------------------------------------------------------------------
-# Field checks: each returns the value or raises ConfigError naming the field
+# Field checks of this schema (the shared ones are in sfn_teach.bench.fields)
 # --------------------------------------------------------------------------------------------
-
-
-def _table(value, path, allowed, required=()):
-    if not isinstance(value, dict):
-        raise ConfigError(path, f"must be a table, got {type(value).__name__} {value!r}")
-    for key in value:
-        if key not in allowed:
-            raise ConfigError(f"{path}.{key}" if path else key,
-                              f"unknown field (valid: {', '.join(allowed)})")
-    for key in required:
-        if key not in value:
-            raise ConfigError(f"{path}.{key}" if path else key, "missing (required)")
-    return value
-
-
-def _int(value, path, low, high=math.inf):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, f"must be an integer, got {type(value).__name__} {value!r}")
-    if not low <= value <= high:
-        bound = f"between {low} and {high}" if high < math.inf else f">= {low}"
-        raise ConfigError(path, f"must be an integer {bound}, got {value}")
-    return value
-
-
-def _positive_number(value, path, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(path, f"must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(path, f"must be a finite number {'>=' if allow_zero else '>'} 0, "
-                                f"got {value}")
-    return float(value)
-
-
-def _choice(value, path, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
 
 
 def _seeds(value, path):
     if not isinstance(value, list) or not value:
         raise ConfigError(path, f"must be a non-empty list of integers, got {value!r}")
-    seeds = [_int(seed, f"{path}[{i}]", 0, 2**63 - 1) for i, seed in enumerate(value)]
+    seeds = [check_int(seed, f"{path}[{i}]", 0, 2**63 - 1) for i, seed in enumerate(value)]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(path, f"must not repeat a seed, got {seeds}")
     return tuple(seeds)
@@ -163,7 +122,7 @@ def _options(value, path, defaults, extra=()):
     An integer is accepted where the default is a float; a list default is a list of positive
     integers. ``extra`` names further allowed fields that the caller checks itself.
     """
-    table = _table(value, path, (*extra, *defaults))
+    table = check_table(value, path, (*extra, *defaults))
     options = dict(defaults)
     for key, default in defaults.items():
         if key not in table:
@@ -176,7 +135,7 @@ def _options(value, path, defaults, extra=()):
                                                f"(like the default {default!r}), got {item!r}")
         if isinstance(default, list):
             for i, entry in enumerate(item):
-                _int(entry, f"{path}.{key}[{i}]", 1)
+                check_int(entry, f"{path}.{key}[{i}]", 1)
         options[key] = item
     return options
 
@@ -344,7 +303,7 @@ def _check_optimizer(kind, hyperparameters, path):
 
 def _model(raw, info):
     """The validated ``[model]`` table (defaults filled in) and its number of parameters."""
-    kind = _choice(raw.get("type", "mlp") if isinstance(raw, dict) else None, "model.type",
+    kind = check_choice(raw.get("type", "mlp") if isinstance(raw, dict) else None, "model.type",
                    tuple(MODELS))
     defaults, build = MODELS[kind]
     spec = {"type": kind, **_options(raw, "model", defaults, extra=("type",))}
@@ -370,8 +329,8 @@ def _data(raw, info):
 def _precision(raw):
     """The ``[precision]`` table as a :class:`sfn_teach.device.Precision`."""
     table = _options(raw, "precision", PRECISION_DEFAULTS)
-    _choice(table["autocast"], "precision.autocast", ("none", "bf16"))
-    _choice(table["hvp"], "precision.hvp", ("fp32", "bf16"))
+    check_choice(table["autocast"], "precision.autocast", ("none", "bf16"))
+    check_choice(table["hvp"], "precision.hvp", ("fp32", "bf16"))
     try:
         return Precision(**table)
     except ValueError as error:
@@ -388,11 +347,11 @@ def _optimizer(raw, i, default_batch_size, num_train):
             raise ConfigError(f"{path}.{key}", "missing (required)")
     if not isinstance(raw["name"], str) or not raw["name"].strip():
         raise ConfigError(f"{path}.name", f"must be a non-empty string, got {raw['name']!r}")
-    kind = _choice(raw["type"], f"{path}.type", tuple(OPTIMIZERS))
+    kind = check_choice(raw["type"], f"{path}.type", tuple(OPTIMIZERS))
     batch_size = raw.get("batch_size", default_batch_size)
     if batch_size is None:
         raise ConfigError(f"{path}.batch_size", "missing: set it here or in train.batch_size")
-    _int(batch_size, f"{path}.batch_size", 1, num_train)
+    check_int(batch_size, f"{path}.batch_size", 1, num_train)
     hyperparameters = {k: v for k, v in raw.items() if k not in ("name", "type", "batch_size")}
     valid = hyperparameter_names(kind)
     for key, value in hyperparameters.items():
@@ -402,7 +361,7 @@ def _optimizer(raw, i, default_batch_size, num_train):
         if isinstance(value, list):  # TOML arrays, e.g. Adam's betas
             hyperparameters[key] = tuple(value)
     if "lr" in hyperparameters:
-        _positive_number(hyperparameters["lr"], f"{path}.lr")
+        check_positive_number(hyperparameters["lr"], f"{path}.lr")
     _check_optimizer(kind, hyperparameters, path)
     slug = re.sub(r"[^a-z0-9]+", "-", raw["name"].lower()).strip("-")
     return OptimizerSpec(raw["name"], kind, batch_size, hyperparameters, slug)
@@ -413,14 +372,14 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
 
     Raises :class:`ConfigError` naming the first bad field; nothing is trained or loaded.
     """
-    _table(raw, "", TOP_LEVEL, required=("task", "train", "optimizers"))
+    check_table(raw, "", TOP_LEVEL, required=("task", "train", "optimizers"))
     name = raw.get("name", name)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError("name", f"must be letters, digits, '_', '.' or '-', got {name!r}")
-    task = _choice(raw["task"], "task", tuple(DATASETS))
+    task = check_choice(raw["task"], "task", tuple(DATASETS))
     info = DATASETS[task]
     data, sizes = _data(raw.get("data", {}), info)
-    dtype = DTYPES[_choice(raw.get("dtype", "float32"), "dtype", tuple(DTYPES))]
+    dtype = DTYPES[check_choice(raw.get("dtype", "float32"), "dtype", tuple(DTYPES))]
     try:
         device = resolve_device(raw.get("device", "cpu"))
     except ValueError as error:
@@ -431,31 +390,31 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
     precision = _precision(raw.get("precision", {}))
     model, num_parameters = _model(raw.get("model", {}), info)
 
-    train = _table(raw["train"], "train", ("epochs", "steps", "batch_size", "evals",
+    train = check_table(raw["train"], "train", ("epochs", "steps", "batch_size", "evals",
                                            "checkpoint_every", "seeds", "eval_batch_size",
                                            "warmup_steps", "time_budget", "curvature_every"),
                    required=("seeds",))
     if ("epochs" in train) == ("steps" in train):
         raise ConfigError("train.epochs", "give exactly one of train.epochs and train.steps")
-    epochs = _int(train["epochs"], "train.epochs", 1) if "epochs" in train else None
-    steps = _int(train["steps"], "train.steps", 1) if "steps" in train else None
+    epochs = check_int(train["epochs"], "train.epochs", 1) if "epochs" in train else None
+    steps = check_int(train["steps"], "train.steps", 1) if "steps" in train else None
     default_batch_size = train.get("batch_size")
     if default_batch_size is not None:
-        _int(default_batch_size, "train.batch_size", 1, sizes["train"])
-    evals = _int(train.get("evals", 20), "train.evals", 1)
-    checkpoint_every = _int(train.get("checkpoint_every", 1), "train.checkpoint_every", 1)
+        check_int(default_batch_size, "train.batch_size", 1, sizes["train"])
+    evals = check_int(train.get("evals", 20), "train.evals", 1)
+    checkpoint_every = check_int(train.get("checkpoint_every", 1), "train.checkpoint_every", 1)
     seeds = _seeds(train["seeds"], "train.seeds")
     eval_batch_size = train.get("eval_batch_size", info.eval_batch_size)
     if eval_batch_size is not None:
-        _int(eval_batch_size, "train.eval_batch_size", 1)
-    warmup_steps = _int(train.get("warmup_steps", WARMUP_STEPS[device.type]),
+        check_int(eval_batch_size, "train.eval_batch_size", 1)
+    warmup_steps = check_int(train.get("warmup_steps", WARMUP_STEPS[device.type]),
                         "train.warmup_steps", 0)
     time_budget = train.get("time_budget")
     if time_budget is not None:
-        time_budget = _positive_number(time_budget, "train.time_budget")
+        time_budget = check_positive_number(time_budget, "train.time_budget")
     curvature_every = train.get("curvature_every")
     if curvature_every is not None:
-        _int(curvature_every, "train.curvature_every", 1)
+        check_int(curvature_every, "train.curvature_every", 1)
         if num_parameters > DENSE_MAX_DIM:
             raise ConfigError("train.curvature_every", f"the curvature diagnostics form the "
                               f"dense Hessian, but the model has {num_parameters} parameters "
@@ -464,19 +423,21 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
             raise ConfigError("train.batch_size", "missing: train.curvature_every needs it (the "
                               "diagnostic batch is the first train.batch_size training examples)")
 
-    cost = _table(raw.get("cost", {}), "cost", ("hvp", "forward"))
+    cost = check_table(raw.get("cost", {}), "cost", ("hvp", "forward"))
     cost = CostModel(
-        hvp=_positive_number(cost.get("hvp", 2.0), "cost.hvp"),
-        forward=_positive_number(cost.get("forward", 0.5), "cost.forward", allow_zero=True),
+        hvp=check_positive_number(cost.get("hvp", 2.0), "cost.hvp"),
+        forward=check_positive_number(cost.get("forward", 0.5), "cost.forward",
+                                      allow_zero=True),
     )
-    report = _table(raw.get("report", {}), "report", ("target_loss", "target_split"))
-    target_loss = _positive_number(report.get("target_loss", 0.1), "report.target_loss")
-    target_split = _choice(report.get("target_split", "val"), "report.target_split", SPLIT_NAMES)
+    report = check_table(raw.get("report", {}), "report", ("target_loss", "target_split"))
+    target_loss = check_positive_number(report.get("target_loss", 0.1), "report.target_loss")
+    target_split = check_choice(report.get("target_split", "val"), "report.target_split",
+                                SPLIT_NAMES)
 
     fast = {**FAST_DEFAULTS, "seeds": list(seeds[:2]),
-            **_table(raw.get("fast", {}), "fast", ("steps", "evals", "seeds"))}
-    fast = {"steps": _int(fast["steps"], "fast.steps", 1),
-            "evals": _int(fast["evals"], "fast.evals", 1),
+            **check_table(raw.get("fast", {}), "fast", ("steps", "evals", "seeds"))}
+    fast = {"steps": check_int(fast["steps"], "fast.steps", 1),
+            "evals": check_int(fast["evals"], "fast.evals", 1),
             "seeds": _seeds(fast["seeds"], "fast.seeds")}
 
     if not isinstance(raw["optimizers"], list) or not raw["optimizers"]:
@@ -527,43 +488,6 @@ def read_config(path) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("file", f"{path} is not valid TOML: {error}") from None
-
-
-def _field_keys(path: str) -> list:
-    """``"optimizers[1].lr"`` as ``["optimizers", 1, "lr"]``."""
-    name = r"[A-Za-z_]\w*(\[\d+\])*"
-    if not isinstance(path, str) or not re.fullmatch(rf"{name}(\.{name})*", path):
-        raise ConfigError(str(path), "is not a field path like data.dir or optimizers[1].lr")
-    return [int(index) if index else key
-            for key, index in re.findall(r"([A-Za-z_]\w*)|\[(\d+)\]", path)]
-
-
-def _step_into(node, key, path):
-    """Check that ``node[key]`` can be read or set: a table for a name, a list entry for an int."""
-    if isinstance(key, int):
-        if not isinstance(node, list) or key >= len(node):
-            raise ConfigError(path, f"has no list entry [{key}]")
-    elif not isinstance(node, dict):
-        raise ConfigError(path, f"{key!r} is inside a value that is not a table")
-
-
-def apply_overrides(raw: dict, overrides: dict) -> dict:
-    """A copy of ``raw`` with ``{"data.dir": "/x", "optimizers[1].lr": 0.1, …}`` set.
-
-    A path is dot-separated field names, each optionally followed by list indices
-    (``optimizers[1]``); missing tables are created, list entries must exist. The values are
-    validated later, with the rest of the config.
-    """
-    raw = copy.deepcopy(raw)
-    for path, value in overrides.items():
-        *parents, last = _field_keys(path)
-        node = raw
-        for key in parents:
-            _step_into(node, key, path)
-            node = node[key] if isinstance(key, int) else node.setdefault(key, {})
-        _step_into(node, last, path)
-        node[last] = value
-    return raw
 
 
 def load_config(path, overrides=None) -> BenchmarkConfig:
