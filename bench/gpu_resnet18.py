@@ -7,7 +7,7 @@ Run from the repository root with the package installed (``pip install -e .``) o
 ``PYTHONPATH=.``. Every line is flushed as it is printed.
 
 Needs no download: every step uses one synthetic CIFAR-shaped batch made on the device
-(:func:`sfn_teach.cifar10.synthetic_cifar_batch`). For each batch size it first calibrates, in
+(:func:`sfn_teach.images.synthetic_cifar_batch`). For each batch size it first calibrates, in
 fp32 on the eager model, one gradient (forward + backward, the unit ``g``), one forward pass
 ``f`` and one marginal Hessian-vector product on a retained double-backward graph
 (``c_HVP = HVP / g``). Then, per optimiser, a fresh ResNet-18 (full width, ``channels_last``
@@ -46,9 +46,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sfn_teach.cifar10 import synthetic_cifar_batch
 from sfn_teach.device import Precision, configure_backends, memory_format, tf32, timed
 from sfn_teach.hvp import ParamsHVP
+from sfn_teach.images import synthetic_cifar_batch
 from sfn_teach.models import count_parameters, resnet18_cifar
 from sfn_teach.optim import SeriesSFN
 from sfn_teach.train import make_closure

@@ -1,4 +1,4 @@
-"""CIFAR-10 from its authors' binary distribution, and batches that live on the device.
+"""CIFAR-10 from its authors' binary distribution: download, verify, parse, cache.
 
 **The archive.** ``cifar-10-binary.tar.gz`` (Krizhevsky 2009) holds, under
 ``cifar-10-batches-bin/``, five training files ``data_batch_1.bin … data_batch_5.bin`` and
@@ -24,26 +24,15 @@ point leaves either the complete cache or none.
 ``$SFN_TEACH_CIFAR10_URL``; else the authors' site. A URL may be ``http(s)://``, ``file://`` or a
 plain local path, for mirrors and offline copies.
 
-**On the device.** The batch operations work on whole batches on the images' device, with no
-per-sample Python work: per-channel normalisation of ``uint8`` images (:func:`normalize`) and
-the random crop (zero padding 4) and horizontal flip (:func:`random_crop_flip`).
-:func:`sfn_teach.data.cifar10_dataset` keeps the images on the device as ``uint8`` with these
-as per-batch transform and augmentation, and :class:`sfn_teach.data.Batches` shuffles them;
-:func:`validation_split` is the paper's hold-out of 10 % of the training set.
-
-**Generated data.** :func:`write_cifar10_archive` writes an archive in exactly this format and
-layout from :func:`synthetic_cifar10` (random images with a learnable class template), so tests
-and CPU smoke runs exercise the real download and parsing code; :func:`load_generated_cifar10`
-writes one into the data directory and reads it back through :func:`load_cifar10`.
-:func:`synthetic_cifar_batch` makes one CIFAR-shaped batch on the device for throughput
-measurements.
+The images as tensors (normalisation, augmentation, the validation split) are in
+:mod:`sfn_teach.images`; generated archives in this format, for tests and runs without the
+network, in :mod:`sfn_teach.cifar10_generated`.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import posixpath
 import re
@@ -58,8 +47,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .images import (
+    CLASSES,
+    IMAGE_SHAPE,
+    synthetic_cifar_batch,  # noqa: F401 (re-exported: notebooks import it here)
+)
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 ARCHIVE_NAME = "cifar-10-binary.tar.gz"
@@ -68,15 +62,8 @@ MEMBER_DIR = "cifar-10-batches-bin"
 TRAIN_MEMBERS = tuple(f"{MEMBER_DIR}/data_batch_{i}.bin" for i in range(1, 6))
 TEST_MEMBER = f"{MEMBER_DIR}/test_batch.bin"
 IGNORED_MEMBERS = (f"{MEMBER_DIR}/batches.meta.txt", f"{MEMBER_DIR}/readme.html")
-CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
-IMAGE_SHAPE = (3, 32, 32)
 IMAGE_BYTES = 3 * 32 * 32
-RECORD_BYTES = 1 + IMAGE_BYTES
-# Per-channel mean and standard deviation of the 50,000 training images, pixel values in [0, 1].
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
+RECORD_BYTES = 1 + IMAGE_BYTES  # a label byte, then the image
 
 _CHUNK = 1 << 20
 _CHECK_URL = "Check the URL or mirror (the url argument or SFN_TEACH_CIFAR10_URL)."
@@ -110,7 +97,7 @@ class ArchiveSpec:
 
     The training images are split evenly over the five ``data_batch`` files, so ``num_train``
     must be a multiple of 5. :data:`CIFAR10_BINARY` describes the real archive; generated
-    archives (:func:`write_cifar10_archive`) return their own spec.
+    archives (:func:`sfn_teach.cifar10_generated.write_cifar10_archive`) return their own spec.
     """
 
     sha256: str
@@ -174,7 +161,7 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Call ``write(file)`` on ``<path>.tmp``, then rename it to ``path``.
 
     Readers see the old file, or the complete new one; on any error the temporary file is
@@ -459,7 +446,7 @@ def read_cifar10_archive(path, num_train=50_000, num_test=10_000) -> CIFAR10Arra
 def _write_cache(path, arrays, archive):
     """Save ``arrays`` and the archive's SHA-256 as an uncompressed ``.npz``, atomically."""
     contents = {field.name: getattr(arrays, field.name).numpy() for field in fields(arrays)}
-    _atomic_write(path, lambda file: np.savez(file, source_sha256=archive.sha256, **contents))
+    atomic_write(path, lambda file: np.savez(file, source_sha256=archive.sha256, **contents))
 
 
 def _read_cache(path, archive):
@@ -531,181 +518,3 @@ def load_cifar10(
     return arrays
 
 
-def load_generated_cifar10(data_dir=None, num_train=50_000, num_test=10_000, progress=True):
-    """A generated archive written into the data directory and read back like the real one.
-
-    Writes :func:`write_cifar10_archive` (seed 0; ``num_train + num_test`` images) to
-    ``generated-<num_train>-<num_test>/cifar-10-binary.tar.gz`` under :func:`cifar10_dir`
-    ``(data_dir)`` — its own folder, so it never meets a real archive or its cache — and
-    returns :func:`load_cifar10` of that folder without download, for the archive's own size
-    and SHA-256. That is the verification, the streaming parser and the cache of the real data,
-    with no network. The archive is rewritten on every call (it is reproducible: the same
-    bytes); the parsed cache is reused while it matches.
-    """
-    directory = cifar10_dir(data_dir) / f"generated-{num_train}-{num_test}"
-    directory.mkdir(parents=True, exist_ok=True)
-    archive = write_cifar10_archive(directory / ARCHIVE_NAME, num_train, num_test)
-    return load_cifar10(directory, download=False, archive=archive, progress=progress)
-
-
-# --------------------------------------------------------------------------------------------
-# Generated data in the same format
-# --------------------------------------------------------------------------------------------
-
-
-def synthetic_cifar10(num_train=50_000, num_test=10_000, seed=0) -> CIFAR10Arrays:
-    """Random CIFAR-shaped data that a network can learn, a pure function of ``seed``.
-
-    Each class ``c`` has a random template image ``T_c``; an image of class ``c`` is
-    ``(T_c + U) // 2`` with uniform noise ``U`` in 0–255, so the class is visible but noisy.
-    Labels are uniform in 0–9. Uses a CPU generator: identical on every machine.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    templates = torch.randint(
-        256, (len(CLASSES), *IMAGE_SHAPE), generator=generator, dtype=torch.int16
-    )
-
-    def split(n):
-        labels = torch.randint(len(CLASSES), (n,), generator=generator)
-        noise = torch.randint(256, (n, *IMAGE_SHAPE), generator=generator, dtype=torch.int16)
-        return ((templates[labels] + noise) // 2).to(torch.uint8), labels
-
-    return CIFAR10Arrays(*split(num_train), *split(num_test))
-
-
-def _records(images, labels):
-    """The binary records ``label byte + 3072 pixel bytes`` of a split, as ``bytes``."""
-    records = np.empty((len(labels), RECORD_BYTES), dtype=np.uint8)
-    records[:, 0] = labels.numpy()
-    records[:, 1:] = images.reshape(len(labels), IMAGE_BYTES).numpy()
-    return records.tobytes()
-
-
-def _add_member(tar, name, data=None):
-    """Add the regular file ``name`` holding ``data`` to ``tar`` (the directory if ``None``)."""
-    info = tarfile.TarInfo(name)
-    info.mtime = 0
-    if data is None:
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(info)
-    else:
-        info.size, info.mode = len(data), 0o644
-        tar.addfile(info, io.BytesIO(data))
-
-
-def write_cifar10_archive(path, num_train=50_000, num_test=10_000, seed=0) -> ArchiveSpec:
-    """Write :func:`synthetic_cifar10` as a CIFAR-10 binary archive at ``path``; return its spec.
-
-    Same tar layout, member names and record format as ``cifar-10-binary.tar.gz``: the
-    directory ``cifar-10-batches-bin``, five ``data_batch_i.bin`` with ``num_train/5`` records
-    each, ``test_batch.bin`` with ``num_test``, ``batches.meta.txt`` and ``readme.html``. The
-    defaults give a full-size archive (50,000 + 10,000 images, ~185 MB, seconds to write).
-    Written atomically and reproducibly (fixed timestamps); the returned
-    :class:`ArchiveSpec` holds its size and SHA-256, ready for :func:`load_cifar10`.
-    """
-    check_counts(num_train, num_test)
-    arrays = synthetic_cifar10(num_train, num_test, seed)
-    per_file = num_train // len(TRAIN_MEMBERS)
-
-    def write(file):
-        with gzip.GzipFile("", "wb", 1, file, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            _add_member(tar, MEMBER_DIR)
-            for i, name in enumerate(TRAIN_MEMBERS):
-                rows = slice(i * per_file, (i + 1) * per_file)
-                _add_member(tar, name, _records(arrays.train_images[rows],
-                                                arrays.train_labels[rows]))
-            _add_member(tar, TEST_MEMBER, _records(arrays.test_images, arrays.test_labels))
-            _add_member(tar, IGNORED_MEMBERS[0], "\n".join(CLASSES).encode() + b"\n")
-            _add_member(tar, IGNORED_MEMBERS[1], b"<html><body>generated by sfn_teach"
-                                                 b"</body></html>\n")
-
-    _atomic_write(path, write)
-    return ArchiveSpec.of_file(path, num_train, num_test)
-
-
-def synthetic_cifar_batch(batch_size, device=None, generator=None):
-    """One normalised batch ``(float32 [B, 3, 32, 32], int64 [B])`` of random CIFAR-shaped data.
-
-    Uniform random pixels through :func:`normalize` and uniform labels, made directly on
-    ``device`` (``generator``, if given, must live there): for throughput measurements, where
-    the content does not matter but the shapes, dtypes and normalisation cost do.
-    """
-    images = torch.randint(
-        256, (batch_size, *IMAGE_SHAPE), generator=generator, device=device, dtype=torch.uint8
-    )
-    labels = torch.randint(len(CLASSES), (batch_size,), generator=generator, device=device)
-    return normalize(images), labels
-
-
-# --------------------------------------------------------------------------------------------
-# Batch operations on the device
-# --------------------------------------------------------------------------------------------
-
-
-def normalize(images, mean=MEAN, std=STD, dtype=torch.float32):
-    """``x ↦ (x/255 − mean_c)/std_c`` per channel ``c``, for ``uint8 [N, 3, H, W]`` images.
-
-    Computed on the images' device in one broadcast; returns ``dtype`` (float32) with the
-    images' memory format.
-    """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != len(mean):
-        raise ValueError(
-            f"images must be uint8 [N, {len(mean)}, H, W], got {images.dtype} "
-            f"{tuple(images.shape)}"
-        )
-    mean = torch.tensor(mean, dtype=dtype, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, dtype=dtype, device=images.device).view(1, -1, 1, 1)
-    return images.to(dtype).div_(255).sub_(mean).div_(std)
-
-
-def random_crop_flip(images, generator=None, padding=4):
-    """Random translation and horizontal flip of a batch ``[N, C, H, W]``, without a loop.
-
-    Per image, independently: pad by ``padding`` zeros on each side, take the ``H×W`` window
-    at a uniform offset ``(dy, dx) ∈ {0 … 2·padding}²`` and, with probability ½, reverse the
-    width axis — i.e. ``out[n, c, i, j] = padded[n, c, i + dy, j + dx]``, or ``… W − 1 − j + dx``
-    when flipped. The standard CIFAR augmentation (crop 32, pad 4, flip), done by one gather on
-    the images' device; the dtype is kept, so apply it to ``uint8`` images before
-    :func:`normalize` (the padding is then black). The ``3N`` random numbers are drawn from
-    ``generator`` on its own device (the default generator of the images' device if ``None``)
-    and moved to the images: with a CPU generator the result is the same on every device.
-    """
-    if images.dim() != 4:
-        raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    n, channels, height, width = images.shape
-    device = images.device
-    source = generator.device if generator is not None else device
-    padded = F.pad(images, (padding, padding, padding, padding))
-    shifts = torch.randint(2 * padding + 1, (2, n, 1), generator=generator, device=source)
-    dy, dx = shifts.to(device)
-    flip = (torch.rand(n, 1, generator=generator, device=source) < 0.5).to(device)
-    rows = dy + torch.arange(height, device=device)
-    columns = torch.arange(width, device=device)
-    columns = dx + torch.where(flip, columns.flip(0), columns)
-    return padded[
-        torch.arange(n, device=device).view(n, 1, 1, 1),
-        torch.arange(channels, device=device).view(1, channels, 1, 1),
-        rows.view(n, 1, height, 1),
-        columns.view(n, 1, 1, width),
-    ]
-
-
-def validation_size(num_train, fraction):
-    """How many of ``num_train`` images :func:`validation_split` holds out, ``round(f·N)``."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
-    return round(fraction * num_train)
-
-
-def validation_split(num_train, fraction=0.1, seed=0):
-    """Disjoint index sets ``(train, validation)`` covering ``0 … num_train−1``, sorted.
-
-    :func:`validation_size` indices, drawn uniformly without replacement by a CPU generator
-    seeded with ``seed``, are held out for validation (the same on every machine).
-    """
-    held_out = validation_size(num_train, fraction)
-    permutation = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed))
-    return permutation[held_out:].sort().values, permutation[:held_out].sort().values

@@ -35,17 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cifar10 import (
+from .cifar10 import CIFAR10Arrays, check_counts, load_cifar10, sha256_file
+from .cifar10_generated import load_generated_cifar10, synthetic_cifar10
+from .images import (
     CLASSES,
     IMAGE_SHAPE,
-    CIFAR10Arrays,
-    check_counts,
-    load_cifar10,
-    load_generated_cifar10,
     normalize,
     random_crop_flip,
-    sha256_file,
-    synthetic_cifar10,
     validation_size,
     validation_split,
 )
@@ -208,10 +204,10 @@ def cifar10_dataset(arrays: CIFAR10Arrays, dtype=torch.float32, device="cpu", *,
     """CIFAR-10 arrays as a :class:`Dataset` whose images stay on ``device`` as ``uint8``.
 
     ``validation_fraction`` of the training images (the paper: 10 %) are held out by
-    :func:`sfn_teach.cifar10.validation_split` with ``split_seed``, the same hold-out for every
+    :func:`sfn_teach.images.validation_split` with ``split_seed``, the same hold-out for every
     training seed; the test images are the test set. Every split's transform is
-    :func:`sfn_teach.cifar10.normalize` to ``dtype`` (per batch, on the device). With
-    ``augment`` the training batches get :func:`sfn_teach.cifar10.random_crop_flip` (pad 4,
+    :func:`sfn_teach.images.normalize` to ``dtype`` (per batch, on the device). With
+    ``augment`` the training batches get :func:`sfn_teach.images.random_crop_flip` (pad 4,
     random crop, horizontal flip; the paper's setting is without).
     """
     train_rows, validation_rows = validation_split(
@@ -286,10 +282,11 @@ def load_cifar10_task(dtype=torch.float32, device="cpu", progress=True, *, augme
     The archive is found, downloaded and verified by :func:`sfn_teach.cifar10.load_cifar10`
     in the folder ``dir`` from ``url`` (``""``: that module's defaults, which honour
     ``$SFN_TEACH_DATA_DIR`` and ``$SFN_TEACH_CIFAR10_URL``); ``download=False`` only uses a
-    copy already there. With ``generated``, :func:`sfn_teach.cifar10.load_generated_cifar10`
-    writes an archive of ``num_train`` + ``num_test`` random images in exactly the CIFAR-10
-    format under ``dir`` and reads it back through the same verification and parser, with no
-    download (for tests, smoke runs and machines without the data).
+    copy already there. With ``generated``,
+    :func:`sfn_teach.cifar10_generated.load_generated_cifar10` writes an archive of
+    ``num_train`` + ``num_test`` random images in exactly the CIFAR-10 format under ``dir`` and
+    reads it back through the same verification and parser, with no download (for tests, smoke
+    runs and machines without the data).
     """
     cifar10_sizes(validation_fraction=validation_fraction, generated=generated, url=url,
                   num_train=num_train, num_test=num_test)
@@ -304,8 +301,9 @@ def load_cifar10_task(dtype=torch.float32, device="cpu", progress=True, *, augme
 def load_cifar10_synthetic(dtype=torch.float32, device="cpu", progress=True, *, augment=False,
                            validation_fraction=0.1, split_seed=0, num_train=50_000,
                            num_test=10_000) -> Dataset:
-    """The ``cifar10_synthetic`` task: :func:`sfn_teach.cifar10.synthetic_cifar10` (seed 0)
-    made in memory, no files, as a :func:`cifar10_dataset` (for throughput measurements)."""
+    """The ``cifar10_synthetic`` task: :func:`sfn_teach.cifar10_generated.synthetic_cifar10`
+    (seed 0) made in memory, no files, as a :func:`cifar10_dataset` (for throughput
+    measurements)."""
     cifar10_part_sizes(validation_fraction=validation_fraction, num_train=num_train,
                        num_test=num_test)
     return cifar10_dataset(synthetic_cifar10(num_train, num_test), dtype, device,

@@ -21,9 +21,7 @@ import torch.nn.functional as F
 from sfn_teach.cifar10 import (
     ARCHIVE_NAME,
     CACHE_NAME,
-    MEAN,
     RECORD_BYTES,
-    STD,
     TEST_MEMBER,
     TRAIN_MEMBERS,
     ArchiveSpec,
@@ -31,17 +29,23 @@ from sfn_teach.cifar10 import (
     CIFAR10Error,
     download_cifar10,
     load_cifar10,
-    load_generated_cifar10,
-    normalize,
-    random_crop_flip,
     read_cifar10_archive,
     sha256_file,
+)
+from sfn_teach.cifar10_generated import (
+    load_generated_cifar10,
     synthetic_cifar10,
-    synthetic_cifar_batch,
-    validation_split,
     write_cifar10_archive,
 )
 from sfn_teach.data import Batches, cifar10_dataset
+from sfn_teach.images import (
+    MEAN,
+    STD,
+    normalize,
+    random_crop_flip,
+    synthetic_cifar_batch,
+    validation_split,
+)
 
 NUM_TRAIN, NUM_TEST, SEED = 1000, 100, 3  # 200 records per training file
 

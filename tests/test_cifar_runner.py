@@ -22,16 +22,17 @@ import sfn_teach.train as train_module
 from sfn_teach.bench import ConfigError, load_benchmark, load_config, run_benchmark
 from sfn_teach.bench.__main__ import main
 from sfn_teach.bench.config import (
-    apply_overrides,
     build_model,
     channels_last_ignored,
     read_config,
     validate_config,
 )
+from sfn_teach.bench.overrides import apply_overrides
 from sfn_teach.bench.report import format_excluded_time, summarise
 from sfn_teach.bench.runner import load_dataset, run_one
 from sfn_teach.checkpoint import load_checkpoint
-from sfn_teach.cifar10 import CACHE_NAME, synthetic_cifar10
+from sfn_teach.cifar10 import CACHE_NAME
+from sfn_teach.cifar10_generated import synthetic_cifar10
 from sfn_teach.data import DATASETS, load_digits
 from sfn_teach.device import Precision, memory_format, resolve_device, timed
 from sfn_teach.models import MLP
