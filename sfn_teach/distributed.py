@@ -7,9 +7,12 @@ average of the shards' losses, ``f = (1/P) Σ_r f_r``, so
 
 The gradient and *every* Hessian-vector product of the series must therefore be averaged over
 the ranks: ``2(K − 1)`` all-reduces per step besides the gradient's (docs/method.md §8). The
-optimiser does it itself (:class:`RankAveragedOperator`), since the products are not
-``.backward()`` calls that DistributedDataParallel's hooks could see. Each all-reduce sends one
-flat tensor (the loss and the gradient travel together).
+products are not ``.backward()`` calls that DistributedDataParallel's hooks could see, so the
+optimiser's curvature operator does it: :class:`RankAveragedOperator` wraps this rank's
+operator, and a curvature optimiser built with ``process_group`` steps on that wrapper
+(this module installs it as ``CurvatureOptimizer.data_parallel``; :mod:`sfn_teach.optim`
+does not import this module). Each all-reduce sends one flat tensor (the loss and the
+gradient travel together).
 
 A ``torch.optim`` optimiser steps on ``p.grad`` after ``backward``: :class:`GradientMean`
 averages all gradients (and the loss) over the ranks with one all-reduce of one flat tensor per
@@ -38,6 +41,9 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as differentiable
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .hvp import CurvatureOperator
+from .update import CurvatureOptimizer
 
 
 def world_size(group=None) -> int:
@@ -107,30 +113,44 @@ class RankMean:
         return total / world_size(self.group)
 
 
-class RankAveragedOperator(RankMean):
+class RankAveragedOperator(CurvatureOperator):
     """The curvature operator of the loss averaged over ranks, from each rank's own operator.
 
-    ``operator`` is this rank's (e.g. :class:`sfn_teach.hvp.ParamsHVP` on its shard). At
-    construction one all-reduce averages ``(f_r, g_r)``; every :meth:`matvec` averages
-    ``H_r v`` with one more. A dense ``hessian``, if the operator has one, is averaged too.
-    ``bytes_reduced`` and ``seconds_reducing`` meter all of them (:class:`RankMean`).
+    ``operator`` is this rank's :class:`~sfn_teach.hvp.CurvatureOperator` (e.g.
+    :class:`~sfn_teach.hvp.ParamsHVP` on its shard). At construction one all-reduce averages
+    ``(f_r, g_r)``; every product ``Hv = (1/P) Σ_r H_r v`` takes one more, and so does a dense
+    ``hessian`` if the operator stored one. :meth:`mean` is the average over the ranks, and
+    ``bytes_reduced`` and ``seconds_reducing`` meter all of these all-reduces (:class:`RankMean`).
     """
 
     def __init__(self, operator, group=None):
-        super().__init__(group)
-        self._operator = operator
-        self.params, self.dim = operator.params, operator.dim
-        self.num_products = 0
+        self._ranks = RankMean(group)
         grad = operator.grad
         packed = self.mean(torch.cat([operator.loss.reshape(1).to(grad), grad]))
-        self.loss, self.grad = packed[0], packed[1:]
-        hessian = getattr(operator, "hessian", None)
-        self.hessian = None if hessian is None else self.mean(hessian)
+        super().__init__(operator.params, packed[0], packed[1:])
+        self._operator = operator
+        if operator.hessian is not None:
+            self.hessian = self.mean(operator.hessian)
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """``Hv = (1/P) Σ_r H_r v``."""
-        self.num_products += 1
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(1/P) Σ_r tensor_r`` on every rank (one all-reduce)."""
+        return self._ranks.mean(tensor)
+
+    @property
+    def bytes_reduced(self) -> int:
+        return self._ranks.bytes_reduced
+
+    @property
+    def seconds_reducing(self) -> float:
+        return self._ranks.seconds_reducing
+
+    def _product(self, v: torch.Tensor) -> torch.Tensor:
         return self.mean(self._operator.matvec(v))
+
+
+CurvatureOptimizer.data_parallel = RankAveragedOperator
+"""A curvature optimiser with ``process_group`` set steps on this rank's operator averaged over
+the group's ranks (:mod:`sfn_teach.optim` does not import this module; this line plugs it in)."""
 
 
 class GradientMean(RankMean):

@@ -16,11 +16,17 @@ derivative give the backends below:
 - ``"forward-over-reverse"``: push the tangent ``v`` through the computation of ``g`` with
   forward-mode AD. Each product re-runs the forward and backward pass.
 
+The operator of one step is a :class:`CurvatureOperator`: the loss, the gradient and
+``v ↦ Hv`` at fixed ``θ`` (``H @ v``), with a dense form for small problems. :class:`ParamsHVP`
+(a closure) and :class:`ModelHVP` (a model on a batch) implement it here, and
+:class:`sfn_teach.distributed.RankAveragedOperator` for data parallelism.
+
 Everything here leaves parameter values, ``.grad`` and BatchNorm running statistics untouched.
 """
 
 import contextlib
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -28,24 +34,14 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .checks import choice, integer
+
 HVP_BACKENDS = ("forward-over-reverse", "double-backward")
 PARAMS_BACKENDS = ("double-backward", "forward-over-reverse", "dense")
-#: the ``"dense"`` backend stores ``H`` (n² numbers, built from n products): small problems only
+#: the dense ``H`` (n² numbers, built from n products) is formed for at most this many parameters
 DENSE_MAX_DIM = 4096
 MODEL_BACKENDS = ("double-backward", "forward-over-reverse", "linearize")
 BATCHNORM_POLICIES = ("train", "eval")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
 
 
 def _check_scalar(value, name):
@@ -106,7 +102,7 @@ def hvp(f, x, v, backend="forward-over-reverse"):
     the same result up to rounding, at a small constant times the cost of one gradient. The
     result has the shape of ``x`` and carries no graph.
     """
-    _check_choice("backend", backend, HVP_BACKENDS)
+    choice("backend", backend, HVP_BACKENDS)
     if not isinstance(x, torch.Tensor) or not isinstance(v, torch.Tensor):
         raise TypeError(f"x and v must be tensors, got {type(x).__name__}, {type(v).__name__}")
     if v.shape != x.shape:
@@ -150,23 +146,40 @@ def _tangent(dual):
     return torch.zeros_like(dual) if tangent is None else tangent
 
 
-class _HessianOperator:
-    """The linear operator ``v ↦ Hv`` at fixed ``θ``, with the loss and gradient there.
+class CurvatureOperator(ABC):
+    """The curvature of one step: the linear operator ``v ↦ Hv`` at fixed ``θ``, with the loss
+    ``f(θ)`` and the gradient ``g`` there.
 
     Attributes: ``params`` (the list of ``θ`` tensors), ``loss`` (detached 0-dim tensor),
-    ``grad`` (flat detached ``g``), ``dim`` (length of ``θ``) and ``num_products`` (how many
-    times :meth:`matvec` has run).
+    ``grad`` (flat detached ``g``), ``dim`` (length of ``θ``), ``num_products`` (how many times
+    :meth:`matvec` has run) and ``hessian`` (the dense ``H`` if the backend stored it, else
+    ``None``). ``H @ v`` is :meth:`matvec`; :meth:`dense` forms ``H`` for small problems.
+
+    Data parallelism (docs/method.md §8) replaces this rank's operator by the average over the
+    ranks (:class:`sfn_teach.distributed.RankAveragedOperator`). What an optimiser needs of it
+    is declared here with its one-process meaning: :meth:`mean` of a tensor is the tensor
+    itself, and nothing is all-reduced (``bytes_reduced = 0``, ``seconds_reducing = 0``).
+
+    A subclass calls ``super().__init__(params, loss, grad)`` and implements :meth:`_product`.
     """
 
-    def __init__(self, params, loss, grads):
+    hessian = None
+    bytes_reduced = 0
+    seconds_reducing = 0.0
+
+    def __init__(self, params, loss, grad):
         self.params = params
         self.loss = loss.detach()
-        self.grad = flatten(grads).detach()
+        self.grad = grad.detach()
         self.dim = self.grad.numel()
         self.num_products = 0
 
+    @abstractmethod
+    def _product(self, v):
+        """``Hv`` for a detached flat ``v`` of length ``dim``, of ``grad``'s dtype and device."""
+
     def matvec(self, v):
-        """Return the flat product ``Hv`` for a flat ``v`` of length ``dim``."""
+        """Return the flat product ``Hv`` for a flat ``v`` of length ``dim`` (counted)."""
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
         if v.shape != (self.dim,):
@@ -174,8 +187,29 @@ class _HessianOperator:
         self.num_products += 1
         return self._product(v.detach().to(self.grad)).detach()
 
+    def __matmul__(self, v):
+        """``H @ v`` is :meth:`matvec`."""
+        return self.matvec(v)
 
-class ParamsHVP(_HessianOperator):
+    def dense(self):
+        """The ``n × n`` Hessian: the stored ``hessian`` if there is one, else
+        :func:`dense_hessian` from ``n`` products ``H e_i`` (counted). Refused (ValueError)
+        for more than :data:`DENSE_MAX_DIM` parameters."""
+        if self.hessian is not None:
+            return self.hessian
+        if self.dim > DENSE_MAX_DIM:
+            raise ValueError(
+                f"dense() forms the {self.dim}×{self.dim} Hessian from {self.dim} products; it "
+                f"is meant for at most DENSE_MAX_DIM = {DENSE_MAX_DIM} parameters"
+            )
+        return dense_hessian(self.matvec, self.grad)
+
+    def mean(self, tensor):
+        """``tensor`` averaged over the ranks of the batch: in one process, ``tensor`` itself."""
+        return tensor
+
+
+class ParamsHVP(CurvatureOperator):
     """``v ↦ Hv`` for the loss returned by ``closure()``, w.r.t. the tensors ``params``.
 
     ``closure`` re-evaluates the model and *returns* the loss tensor, without calling
@@ -208,7 +242,7 @@ class ParamsHVP(_HessianOperator):
             raise TypeError(
                 f"closure must be a callable returning the loss tensor, got {closure!r}"
             )
-        _check_choice("backend", backend, PARAMS_BACKENDS)
+        choice("backend", backend, PARAMS_BACKENDS)
         params = list(params)
         bad = [i for i, p in enumerate(params) if not (torch.is_tensor(p) and p.requires_grad)]
         if not params or bad:
@@ -221,8 +255,7 @@ class ParamsHVP(_HessianOperator):
         loss = _evaluate(closure, "closure")
         grads = _gradient(loss, params, create_graph=backend != "forward-over-reverse")
         self._grads = grads if backend != "forward-over-reverse" else None
-        super().__init__(params, loss, grads)
-        self.hessian = None
+        super().__init__(params, loss, flatten(grads))
         if backend == "dense":
             if self.dim > DENSE_MAX_DIM:
                 raise ValueError(
@@ -268,7 +301,7 @@ def batchnorm_policy(model, batchnorm="train"):
     Either way nothing is updated inside the block, and every flag and buffer (the same tensor
     objects) is restored on exit. Other normalisation layers are left alone.
     """
-    _check_choice("batchnorm", batchnorm, BATCHNORM_POLICIES)
+    choice("batchnorm", batchnorm, BATCHNORM_POLICIES)
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     saved = [
         (m.training, m.track_running_stats, m.running_mean, m.running_var, m.num_batches_tracked)
@@ -288,7 +321,7 @@ def batchnorm_policy(model, batchnorm="train"):
             m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
 
 
-class ModelHVP(_HessianOperator):
+class ModelHVP(CurvatureOperator):
     """``v ↦ Hv`` for ``f(θ) = loss_fn(model(inputs), targets)`` on one batch.
 
     ``θ`` is every parameter of ``model`` that requires grad, in ``model.parameters()`` order
@@ -314,8 +347,8 @@ class ModelHVP(_HessianOperator):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
-        _check_choice("backend", backend, MODEL_BACKENDS)
-        _check_choice("batchnorm", batchnorm, BATCHNORM_POLICIES)
+        choice("backend", backend, MODEL_BACKENDS)
+        choice("batchnorm", batchnorm, BATCHNORM_POLICIES)
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("model must have at least one parameter that requires grad")
@@ -340,7 +373,7 @@ class ModelHVP(_HessianOperator):
                         )
                 else:
                     grads, loss = self._grad_and_loss(self._primals)
-        super().__init__(params, loss, grads)
+        super().__init__(params, loss, flatten(grads))
 
     def _functional_loss(self, primals):
         """``f(θ)`` with ``θ = primals`` swapped into the model by ``functional_call``."""
@@ -386,8 +419,8 @@ def power_iteration(
     ``q`` alternates in sign). Stops after ``num_iterations`` products or once the relative
     change of the estimate is at most ``tol``. Returns a :class:`PowerIterationResult`.
     """
-    _check_int("dim", dim, 1)
-    _check_int("num_iterations", num_iterations, 1)
+    integer("dim", dim, 1)
+    integer("num_iterations", num_iterations, 1)
     if not tol >= 0:
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     if init is None:

@@ -82,9 +82,9 @@ from .checkpoint import rng_state, set_rng_state
 from .data import SPLITS, Batches, Dataset, Split
 from .device import Precision, autocast, tf32, timed
 from .distributed import GradientMean, rank, world_size
-from .hvp import DENSE_MAX_DIM, ModelHVP, batchnorm_policy, dense_hessian
+from .hvp import DENSE_MAX_DIM, ModelHVP, batchnorm_policy
 from .models import count_parameters
-from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN
+from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN, StepStats
 from .series import exact_sfn_direction, sfn_series
 
 OPTIMIZERS = {
@@ -219,12 +219,13 @@ def _hessian_and_gradient(model, loss_fn, inputs, targets) -> tuple[torch.Tensor
     """The dense Hessian ``H`` and the gradient ``g`` of ``loss_fn(model(inputs), targets)``.
 
     ``H`` over all parameters of ``model`` is formed column by column from ``n`` exact
-    Hessian-vector products (:class:`sfn_teach.hvp.ModelHVP`: BatchNorm on batch statistics,
-    running statistics untouched), with TF32 off.
+    Hessian-vector products (:meth:`sfn_teach.hvp.ModelHVP.dense`: BatchNorm on batch
+    statistics, running statistics untouched; at most ``DENSE_MAX_DIM`` parameters), with TF32
+    off.
     """
     with tf32(False):
         operator = ModelHVP(model, loss_fn, inputs, targets)
-        return dense_hessian(operator.matvec, operator.grad), operator.grad.detach()
+        return operator.dense(), operator.grad
 
 
 def hessian_eigenvalues(model, loss_fn, inputs, targets) -> torch.Tensor:
@@ -380,7 +381,7 @@ class Trainer:
         self.wall_clock = self.warmup_seconds = self.compile_seconds = 0.0
         self.allreduce_seconds = 0.0
         self.counts = {"gradients": 0, "hvps": 0, "forward": 0, "skipped": 0}
-        self.last_stats: dict = {}
+        self.last_stats = StepStats()  # of the last step; all None (or 0) before the first
 
     @property
     def epoch(self) -> float:
@@ -407,11 +408,12 @@ class Trainer:
         return self.step >= num_steps or (time_budget is not None
                                           and self.wall_clock >= time_budget)
 
-    def _optimizer_step(self) -> dict:
+    def _optimizer_step(self) -> StepStats:
         """Fetch the batch of ``self.step`` and take one optimiser step; its statistics.
 
         Those of a curvature optimiser (``stats``), else the loss before the step and,
-        data-parallel, the bytes and seconds of the gradients' all-reduce.
+        data-parallel, the bytes and seconds of the gradients' all-reduce (one gradient, no
+        products).
         """
         inputs, targets = self.batches[self.step]
         dtype, allow_tf32 = self.precision.step(self.curvature)
@@ -424,13 +426,14 @@ class Trainer:
         with tf32(allow_tf32):
             loss = float(self.optimizer.step(closure).detach())
         if self.curvature:
-            return dict(self.optimizer.stats)
+            return self.optimizer.stats
         if gradient_mean is None:
-            return {"loss": loss}
-        return {"loss": loss, "allreduce_bytes": gradient_mean.bytes_reduced,
-                "allreduce_seconds": gradient_mean.seconds_reducing}
+            return StepStats(step=self.step + 1, loss=loss)
+        return StepStats(step=self.step + 1, loss=loss,
+                         allreduce_bytes=gradient_mean.bytes_reduced,
+                         allreduce_seconds=gradient_mean.seconds_reducing)
 
-    def _first_compiled_step(self) -> dict:
+    def _first_compiled_step(self) -> StepStats:
         """The first step through ``torch.compile``; on failure restore, go eager, retry."""
         before = copy.deepcopy(self.state_dict())
         try:
@@ -446,8 +449,8 @@ class Trainer:
                           stacklevel=3)
             return self._optimizer_step()
 
-    def train_step(self) -> dict:
-        """One optimiser step on the next batch; returns its statistics (at least the loss)."""
+    def train_step(self) -> StepStats:
+        """One optimiser step on the next batch; returns its :class:`~sfn_teach.optim.StepStats`."""
         self.model.train()
         if self._compile_pending:
             stats, seconds = timed(self._first_compiled_step, self.device)
@@ -459,12 +462,13 @@ class Trainer:
                 self.warmup_seconds += seconds
             else:
                 self.wall_clock += seconds
-                self.allreduce_seconds += stats.get("allreduce_seconds", 0.0)
+                if stats.allreduce_seconds is not None:  # data-parallel
+                    self.allreduce_seconds += stats.allreduce_seconds
             self._steps_taken += 1
-        self.counts["gradients"] += stats.get("num_gradients", 1)
-        self.counts["hvps"] += stats.get("num_hvps", 0)
-        self.counts["forward"] += stats.get("num_forward", 0)
-        self.counts["skipped"] += bool(stats.get("skipped", False))
+        self.counts["gradients"] += stats.num_gradients
+        self.counts["hvps"] += stats.num_hvps
+        self.counts["forward"] += stats.num_forward
+        self.counts["skipped"] += int(stats.skipped)
         self.step += 1
         self.last_stats = stats
         return stats
@@ -506,15 +510,15 @@ class Trainer:
             record[f"{name}_loss"] = metrics["loss"]
             record[f"{name}_accuracy"] = metrics["accuracy"]
         record["compiled"], record["compile_error"] = self.compiled, self.compile_error
-        record["batch_loss"] = self.last_stats.get("loss")
-        record.update({field: self.last_stats.get(field) for field in STAT_FIELDS})
+        record["batch_loss"] = self.last_stats.loss
+        record.update({field: self.last_stats[field] for field in STAT_FIELDS})
         if self.curvature_every is not None:
             diagnose = self.num_records % self.curvature_every == 0
             record.update(curvature_diagnostics(self.model, self.loss_fn, *self.curvature_batch,
                                                 self.optimizer)
                           if diagnose else dict.fromkeys(CURVATURE_FIELDS))
         parallel = self.process_group is not None
-        record["allreduce_bytes"] = self.last_stats.get("allreduce_bytes")
+        record["allreduce_bytes"] = self.last_stats.allreduce_bytes
         record["allreduce_seconds"] = self.allreduce_seconds if parallel else None
         record["allreduce_share"] = (self.allreduce_seconds / self.wall_clock
                                      if parallel and self.wall_clock > 0 else None)
@@ -554,8 +558,8 @@ class Trainer:
                 if self.step % eval_every == 0 or done:
                     emit()
                     bar.set_postfix(loss=f"{records[-1]['train_loss']:.4g}", refresh=False)
-                elif math.isfinite(stats["loss"]):
-                    bar.set_postfix(batch_loss=f"{stats['loss']:.4g}", refresh=False)
+                elif math.isfinite(stats.loss):
+                    bar.set_postfix(batch_loss=f"{stats.loss:.4g}", refresh=False)
         return records
 
     def _agreed(self, done: bool, time_budget: float | None) -> bool:
@@ -580,8 +584,8 @@ class Trainer:
             "compile_seconds": self.compile_seconds,
             "allreduce_seconds": self.allreduce_seconds,
             "counts": dict(self.counts),
-            "last_stats": {k: v for k, v in self.last_stats.items()
-                           if k in ("loss", "allreduce_bytes", *STAT_FIELDS)},
+            "last_stats": {field: self.last_stats[field]
+                           for field in ("loss", "allreduce_bytes", *STAT_FIELDS)},
             "data_seed": self.batches.seed,
         }
 
@@ -601,4 +605,4 @@ class Trainer:
         self.warmup_seconds = state.get("warmup_seconds", 0.0)
         self.compile_seconds = state.get("compile_seconds", 0.0)
         self.allreduce_seconds = state.get("allreduce_seconds", 0.0)
-        self.last_stats = dict(state["last_stats"])
+        self.last_stats = StepStats(**state["last_stats"])
