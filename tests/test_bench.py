@@ -1,6 +1,5 @@
 """The benchmark runner: config validation, run directories, report, CLI, kill-and-resume."""
 
-import copy
 import json
 import os
 import signal
@@ -11,6 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_configs import (
+    ADAM,
+    REMOVE,
+    SERIES_ADAPTIVE,
+    changed,
+    digits_config,
+    without_timing,
+    write_config,
+)
 
 import sfn_teach.train as train_module
 from sfn_teach.bench import (
@@ -28,47 +36,19 @@ from sfn_teach.bench.report import AXES, format_table
 from sfn_teach.bench.runner import data_parallel_config
 from sfn_teach.checkpoint import CheckpointError, load_checkpoint
 from sfn_teach.distributed import Launch
-from sfn_teach.train import CURVATURE_FIELDS, TIMING_FIELDS
+from sfn_teach.train import CURVATURE_FIELDS
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 
 # Adam and the paper's adaptive SeriesSFN; 12 steps, a record every 2, a checkpoint every 2nd
 TINY = {
-    "name": "tiny",
-    "task": "digits",
-    "dtype": "float64",
-    "model": {"hidden": [8]},
-    "train": {"steps": 12, "batch_size": 200, "evals": 6, "checkpoint_every": 2,
-              "seeds": [0, 1]},
+    **digits_config("tiny", [{**ADAM, "lr": 0.01}, {**SERIES_ADAPTIVE, "num_terms": 5,
+                                                    "acceleration_order": 2, "damping": 1e-3}],
+                    hidden=[8], steps=12, batch_size=200, evals=6, checkpoint_every=2,
+                    seeds=[0, 1]),
     "report": {"target_loss": 1.5},
-    "optimizers": [
-        {"name": "Adam", "type": "adam", "lr": 0.01},
-        {"name": "SeriesSFN adaptive", "type": "series_sfn", "num_terms": 5,
-         "acceleration_order": 2, "damping": 1e-3, "adaptive": True, "damping_factor": 0.9},
-    ],
 }
-
-
-def without_wall_clock(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
-
-
-def changed(path, value):
-    """TINY with the field at ``path`` (a tuple of keys/indices) set to ``value`` (or removed)."""
-    config = copy.deepcopy(TINY)
-    *parents, last = path
-    table = config
-    for key in parents:
-        table = table[key]
-    if value is REMOVE:
-        del table[last]
-    else:
-        table[last] = value
-    return config
-
-
-REMOVE = object()
 
 BAD_CONFIGS = [
     # (what is wrong, path, value, the field the error must name)
@@ -111,13 +91,13 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("what, path, value, field", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
 def test_bad_config_names_the_field(what, path, value, field):
     with pytest.raises(ConfigError) as error:
-        validate_config(changed(path, value))
+        validate_config(changed(TINY, path, value))
     assert error.value.field == field
     assert f"config field '{field}'" in str(error.value)
 
 
 def test_dense_optimiser_refused_on_a_large_model():
-    config = changed(("model", "hidden"), [100])
+    config = changed(TINY, ("model", "hidden"), [100])
     config["optimizers"].append({"name": "exact", "type": "exact_sfn"})
     with pytest.raises(ConfigError, match="dense Hessian") as error:
         validate_config(config)
@@ -125,12 +105,12 @@ def test_dense_optimiser_refused_on_a_large_model():
 
 
 def test_curvature_diagnostics_refused_where_they_cannot_run():
-    config = changed(("model", "hidden"), [100])  # 7,510 parameters
+    config = changed(TINY, ("model", "hidden"), [100])  # 7,510 parameters
     config["train"]["curvature_every"] = 2
     with pytest.raises(ConfigError, match="dense Hessian.*7510.*DENSE_MAX_DIM = 4096") as error:
         validate_config(config)
     assert error.value.field == "train.curvature_every"
-    config = changed(("train", "curvature_every"), 2)
+    config = changed(TINY, ("train", "curvature_every"), 2)
     del config["train"]["batch_size"]
     for optimizer in config["optimizers"]:
         optimizer["batch_size"] = 100
@@ -138,14 +118,13 @@ def test_curvature_diagnostics_refused_where_they_cannot_run():
         validate_config(config)
     assert error.value.field == "train.batch_size"
     with pytest.raises(ConfigError, match="one process") as error:  # torchrun
-        data_parallel_config(validate_config(changed(("train", "curvature_every"), 2)),
+        data_parallel_config(validate_config(changed(TINY, ("train", "curvature_every"), 2)),
                              Launch(rank=0, size=2, local_rank=0, local_size=2))
     assert error.value.field == "train.curvature_every"
 
 
 def test_bad_config_stops_the_cli_before_training(tmp_path, capsys):
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(changed(("optimizers", 0, "lr"), -1.0)))
+    path = write_config(tmp_path, changed(TINY, ("optimizers", 0, "lr"), -1.0))
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "optimizers[0].lr" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -188,12 +167,13 @@ def test_run_report_and_resume_in_process(tmp_path):
     # bit for bit: a second run in another folder gives the same records
     again = tmp_path / "again"
     run_benchmark(TINY, again, progress=False)
-    assert without_wall_clock(load_benchmark(again)[1]) == without_wall_clock(records)
+    assert without_timing(load_benchmark(again)[1]) == without_timing(records)
 
     with pytest.raises(FileExistsError, match="--resume"):
         run_benchmark(TINY, out, progress=False)
     with pytest.raises(ConfigError, match="different config"):
-        run_benchmark(changed(("optimizers", 0, "lr"), 0.02), out, resume=True, progress=False)
+        run_benchmark(changed(TINY, ("optimizers", 0, "lr"), 0.02), out, resume=True,
+                      progress=False)
     lines = []
     run_benchmark(TINY, out, resume=True, log=lines.append)  # everything finished: no training
     assert sum("already finished" in line for line in lines) == 4
@@ -214,7 +194,7 @@ def test_corrupt_checkpoint_is_reported_and_never_used(tmp_path):
     run_benchmark(TINY, out, resume=True, warn=lines.append)
     assert any("checkpoint.pt is corrupt" in line and "previous checkpoint" in line
                for line in lines)
-    assert without_wall_clock(load_benchmark(out)[1]) == without_wall_clock(records)
+    assert without_timing(load_benchmark(out)[1]) == without_timing(records)
 
     for path in (checkpoint, checkpoint.with_name("checkpoint.pt.prev")):
         path.write_bytes(b"garbage" * 100)
@@ -256,7 +236,7 @@ def test_a_time_budget_stops_each_run_and_a_resume_continues_to_it(tmp_path, mon
     """1 s per step (a stand-in clock): a budget of 4.5 s stops every run after step 5 and
     records it; a resume from the checkpoint at step 2 continues to the same stop."""
     monkeypatch.setattr(train_module, "timed", lambda fn, device: (fn(), 1.0))
-    config = changed(("train", "time_budget"), 4.5)
+    config = changed(TINY, ("train", "time_budget"), 4.5)
     out = tmp_path / "run"
     records = run_benchmark(config, out, progress=False).records
     assert [r["step"] for r in records] == [0, 2, 4, 5] * 4
@@ -273,7 +253,7 @@ def test_a_time_budget_stops_each_run_and_a_resume_continues_to_it(tmp_path, mon
 
 
 def test_curvature_diagnostics_in_a_benchmark_run_and_their_figure(tmp_path):
-    config = changed(("train", "curvature_every"), 2)
+    config = changed(TINY, ("train", "curvature_every"), 2)
     config["train"]["steps"] = 4
     config["train"]["evals"] = 4
     result = run_benchmark(config, tmp_path, progress=False)
@@ -294,7 +274,7 @@ def test_curvature_diagnostics_in_a_benchmark_run_and_their_figure(tmp_path):
 
 def test_report_command_and_help(tmp_path, capsys):
     out = tmp_path / "run"
-    config = changed(("optimizers",), TINY["optimizers"][:1])
+    config = changed(TINY, ("optimizers",), TINY["optimizers"][:1])
     run_benchmark(config, out, progress=False)
     (out / "summary.md").unlink()
     assert main(["report", str(out)]) == 0
@@ -306,7 +286,7 @@ def test_report_command_and_help(tmp_path, capsys):
 
 def test_fast_mode_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SFN_TEACH_FAST", "1")
-    run_benchmark(changed(("optimizers",), TINY["optimizers"][:1]), tmp_path, progress=False)
+    run_benchmark(changed(TINY, ("optimizers",), TINY["optimizers"][:1]), tmp_path, progress=False)
     config, records = load_benchmark(tmp_path)
     assert config.steps == 4 and [r["step"] for r in records] == [0, 2, 4] * 2
 
@@ -332,14 +312,13 @@ def records_on_disk(out):
 
 
 def test_kill_at_any_moment_then_resume_gives_identical_records(tmp_path):
-    config = changed(("train", "steps"), 16)
+    config = changed(TINY, ("train", "steps"), 16)
     config["train"]["evals"] = 8
     config["train"]["seeds"] = [0]
-    config_path = tmp_path / "tiny.json"
-    config_path.write_text(json.dumps(config))
+    config_path = write_config(tmp_path, config)
     reference = tmp_path / "reference"
     run_benchmark(config, reference, progress=False)
-    expected = without_wall_clock(load_benchmark(reference)[1])
+    expected = without_timing(load_benchmark(reference)[1])
 
     out = tmp_path / "killed"
     kills = [  # (fault point, where it strikes in this sequence)
@@ -355,7 +334,7 @@ def test_kill_at_any_moment_then_resume_gives_identical_records(tmp_path):
         if kill_at.startswith("checkpoint-write"):
             assert list(out.glob("*/.checkpoint.pt.tmp")), where  # a half-written file is left
         # what is on disk is always a prefix of the uninterrupted records, checkpoints all good
-        on_disk = without_wall_clock(records_on_disk(out))
+        on_disk = without_timing(records_on_disk(out))
         assert on_disk == expected[: len(on_disk)], where
         for checkpoint in out.glob("*/checkpoint.pt*"):
             load_checkpoint(checkpoint)
@@ -373,4 +352,4 @@ def test_kill_at_any_moment_then_resume_gives_identical_records(tmp_path):
 
     process = cli(config_path, out, "--resume")
     assert process.wait(timeout=60) == 0, process.stderr.read()
-    assert without_wall_clock(load_benchmark(out)[1]) == expected
+    assert without_timing(load_benchmark(out)[1]) == expected

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_configs import without_timing
 from torch import nn
 
 import sfn_teach.data as data_module
@@ -41,10 +42,6 @@ from sfn_teach.train import OPTIMIZERS, TIMING_FIELDS, Trainer, make_closure, se
 ROOT = Path(__file__).resolve().parent.parent
 
 SMOKE = ROOT / "benchmarks" / "cifar10_smoke.toml"
-
-
-def without_timing(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_configs import ADAM, digits_config, without_timing, write_config
 
 from sfn_teach.bench.__main__ import main
 from sfn_teach.hvp import DENSE_MAX_DIM
-from sfn_teach.train import TIMING_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Adam on the digits, one seed: 7 records (steps 0, 2, …, 12), a checkpoint after records 2, 4,
 # 6 and 7, so checkpoint.pt covers 7 records and checkpoint.pt.prev covers 6
-SMALL = {
-    "name": "small",
-    "task": "digits",
-    "dtype": "float64",
-    "model": {"hidden": [8]},
-    "train": {"steps": 12, "batch_size": 200, "evals": 6, "checkpoint_every": 2, "seeds": [0]},
-    "optimizers": [{"name": "Adam", "type": "adam", "lr": 0.01}],
-}
+SMALL = digits_config("small", [{**ADAM, "lr": 0.01}], hidden=[8], steps=12, batch_size=200,
+                      evals=6, checkpoint_every=2, seeds=[0])
 RUN = "adam-seed0"  # the run's folder
 
 
@@ -50,27 +44,20 @@ def snapshot(folder):
             for path in sorted(Path(folder).rglob("*")) if path.is_file()}
 
 
-def without_times(records):
-    return [{k: v for k, v in record.items() if k not in TIMING_FIELDS} for record in records]
-
-
 def read_lines(path):
     return Path(path).read_bytes().splitlines(keepends=True)
 
 
 @pytest.fixture
 def config_path(tmp_path):
-    path = tmp_path / "small.json"
-    path.write_text(json.dumps(SMALL))
-    return path
+    return write_config(tmp_path, SMALL)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished run folder of SMALL, made once; tests work on copies (:func:`fresh_run`)."""
     folder = tmp_path_factory.mktemp("finished")
-    config = folder / "small.json"
-    config.write_text(json.dumps(SMALL))
+    config = write_config(folder, SMALL)
     assert main(["run", str(config), "--out", str(folder / "out"), "--quiet"]) == 0
     return folder / "out"
 
@@ -191,7 +178,7 @@ def test_damaged_record_after_the_previous_checkpoint_is_remade(fresh_run, capsy
     assert f"line 7 of {records_path} is damaged (not UTF-8 text" in line
     assert f"resuming from the previous checkpoint {out / RUN / 'checkpoint.pt.prev'}" in line
     assert read_lines(records_path)[:6] == lines[:6]  # the records before it: untouched
-    assert without_times(records_of(out)) == without_times(before)
+    assert without_timing(records_of(out)) == without_timing(before)
     assert main(["report", str(out)]) == 0
 
 
@@ -261,4 +248,4 @@ def test_quiet_resume_still_warns_about_a_corrupt_checkpoint(fresh_run, capsys):
     assert f"checkpoint {checkpoint} is corrupt" in line and "previous checkpoint" in line
     assert captured.out == ""
     assert read_lines(records_path)[:6] == lines[:6]
-    assert without_times(records_of(out)) == without_times(before)
+    assert without_timing(records_of(out)) == without_timing(before)

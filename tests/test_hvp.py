@@ -28,18 +28,14 @@ from sfn_teach.hvp import (
 )
 from sfn_teach.models import MLP
 
+pytestmark = pytest.mark.float64  # conftest: float64 as the default dtype, restored after
 TOL = 1e-10
 
 
 @pytest.fixture(autouse=True)
-def _float64_single_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
+def _seeded():
+    """Every test starts from the same random numbers."""
     torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
 
 
 def assert_close(actual, expected):

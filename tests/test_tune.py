@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_configs import ADAM, SERIES_ADAPTIVE, digits_config, without_timing, write_config
 from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -29,25 +30,15 @@ from sfn_teach.bench.tune import (
     tune_settings,
     tuned_raw,
 )
-from sfn_teach.train import TIMING_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DIGITS = {
-    "name": "digits_tuning",
-    "task": "digits",
-    "dtype": "float64",
-    "model": {"hidden": [16]},
-    "train": {"steps": 100, "batch_size": 100, "evals": 10, "seeds": [0]},
-    "optimizers": [
-        {"name": "SGD", "type": "sgd"},
-        {"name": "Adam", "type": "adam"},
-        {"name": "SeriesSFN adaptive", "type": "series_sfn", "adaptive": True,
-         "damping_factor": 0.9},
-        {"name": "SeriesSFN unadaptive", "type": "series_sfn"},
-        {"name": "exact SFN", "type": "exact_sfn"},
-    ],
-}
+DIGITS = digits_config("digits_tuning", [
+    {"name": "SGD", "type": "sgd"}, ADAM, SERIES_ADAPTIVE,
+    {"name": "SeriesSFN unadaptive", "type": "series_sfn"},
+    {"name": "exact SFN", "type": "exact_sfn"},
+], hidden=[16], steps=100, batch_size=100, evals=10, seeds=[0])
+SGD_ONLY = {**DIGITS, "optimizers": DIGITS["optimizers"][:1]}
 
 
 def with_tune(table, config=DIGITS):
@@ -197,8 +188,7 @@ def test_an_unreachable_ray_address_fails_at_once():
 
 
 def test_more_gpus_or_cpus_per_trial_than_there_are_is_refused():
-    gpu_config = {**DIGITS, "optimizers": DIGITS["optimizers"][:1]}
-    settings = tune_settings(validate_config(gpu_config))
+    settings = tune_settings(validate_config(SGD_ONLY))
     with pytest.raises(ConfigError) as error:
         check_resources(settings, {"CPU": 0}, "this machine")
     assert error.value.field == "tune.cpus_per_trial"
@@ -208,14 +198,8 @@ def test_more_gpus_or_cpus_per_trial_than_there_are_is_refused():
     assert error.value.field == "tune.gpus_per_trial"
 
 
-def write_config(folder, raw):
-    path = folder / f"{raw['name']}.json"
-    path.write_text(json.dumps(raw))
-    return path
-
-
 def test_cli_unreachable_address_is_one_error_and_no_output(tmp_path, capsys):
-    config = write_config(tmp_path, {**DIGITS, "optimizers": DIGITS["optimizers"][:1]})
+    config = write_config(tmp_path, SGD_ONLY)
     start = time.perf_counter()
     status = main(["tune", str(config), "--out", str(tmp_path / "out"),
                    "--address", f"127.0.0.1:{closed_port()}"])
@@ -226,8 +210,7 @@ def test_cli_unreachable_address_is_one_error_and_no_output(tmp_path, capsys):
 
 
 def test_cli_more_cpus_per_trial_than_the_machine_has(tmp_path, capsys):
-    raw = with_tune({"cpus_per_trial": (os.cpu_count() or 1) + 1},
-                    {**DIGITS, "optimizers": DIGITS["optimizers"][:1]})
+    raw = with_tune({"cpus_per_trial": (os.cpu_count() or 1) + 1}, SGD_ONLY)
     status = main(["tune", str(write_config(tmp_path, raw)), "--out", str(tmp_path / "out")])
     assert status == 2
     assert "'tune.cpus_per_trial'" in capsys.readouterr().err
@@ -238,7 +221,7 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, capsys, monkey
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails
     with pytest.raises(RayNotInstalledError, match=r'pip install -e "\.\[tune\]"'):
         import_ray_tune()
-    config = write_config(tmp_path, {**DIGITS, "optimizers": DIGITS["optimizers"][:1]})
+    config = write_config(tmp_path, SGD_ONLY)
     assert main(["tune", str(config), "--out", str(tmp_path / "out")]) == 1
     assert 'install it with: pip install -e ".[tune]"' in capsys.readouterr().err
 
@@ -251,29 +234,16 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, capsys, monkey
 # at 0.5, 1 and 2 s; a third optimiser whose series always diverges (a fixed scale far below
 # λ_max(H²)), so that every one of its trials gives up with NonFiniteStepError.
 TUNING = {
-    "name": "tiny_tuning",
-    "task": "digits",
-    "dtype": "float64",
-    "model": {"hidden": [16]},
-    "train": {"steps": 6000, "batch_size": 100, "evals": 120, "seeds": [0]},
+    **digits_config("tiny_tuning", [ADAM, SERIES_ADAPTIVE, {
+        "name": "SeriesSFN diverging", "type": "series_sfn", "scale_rule": "fixed", "scale": 1e-20,
+        "max_skipped_steps": 0}], hidden=[16], steps=6000, batch_size=100, evals=120, seeds=[0]),
     "fast": {"steps": 30, "evals": 3},
     "tune": {"reduction_factor": 2,
              "fast": {"num_samples": 4, "time_budget": 2.0, "grace_period": 0.5,
                       "reeval_seeds": 2},
              "space": {"SeriesSFN diverging": {"num_terms": {"choice": [20]}}}},
-    "optimizers": [
-        {"name": "Adam", "type": "adam"},
-        {"name": "SeriesSFN adaptive", "type": "series_sfn", "adaptive": True,
-         "damping_factor": 0.9},
-        {"name": "SeriesSFN diverging", "type": "series_sfn", "scale_rule": "fixed",
-         "scale": 1e-20, "max_skipped_steps": 0},
-    ],
 }
 SLUGS = ("adam", "seriessfn-adaptive", "seriessfn-diverging")
-
-
-def untimed(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 
 def trial_records(out):
@@ -327,7 +297,7 @@ def test_local_tuning_stops_trials_early_resumes_and_reruns_the_best(tmp_path):
     for folder, records in finished.items():
         assert after[folder] == records  # untouched
     for folder, records in before.items():  # interrupted ones went on from their checkpoint
-        assert untimed(after[folder][: len(records)]) == untimed(records)
+        assert without_timing(after[folder][: len(records)]) == without_timing(records)
     trials = json.loads((out / "trials.json").read_text())
     assert [sum(t["optimizer"] == spec["name"] for t in trials)
             for spec in TUNING["optimizers"]] == [4, 4, 4]
