@@ -18,15 +18,16 @@ exact saddle-free Newton step ``θ_0 − (|H| + λI)⁻¹ g`` when every ``h² �
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .optim import ExactSFN, Newton, NonFiniteStepError, SeriesSFN
-from .series import exact_sfn_direction, sfn_direction
+from .series import exact_sfn_direction, series_coefficients, sfn_direction
 
 CRITICAL_KINDS = ("minimum", "maximum", "saddle", "monkey saddle")
 
@@ -60,6 +61,8 @@ class Toy:
         name: a human-readable name.
         formula: ``f`` in LaTeX (without dollar signs).
         f: the torch function of a length-2 tensor ``xy`` (any float dtype) returning a scalar.
+        derivatives: ``(x, y) ↦ (f, (∂f/∂x, ∂f/∂y), (∂²f/∂x², ∂²f/∂x∂y, ∂²f/∂y²))`` by hand, on
+            Python floats: what :func:`run_trajectories` steps with (no autograd graph).
         box: the plotting box ``((x_min, x_max), (y_min, y_max))``.
         critical_points: every critical point in the box, with its kind.
         start: the default start ``θ_0``.
@@ -75,6 +78,7 @@ class Toy:
     name: str
     formula: str
     f: Callable[[torch.Tensor], torch.Tensor]
+    derivatives: Callable[[float, float], tuple]
     box: tuple[tuple[float, float], tuple[float, float]]
     critical_points: tuple[CriticalPoint, ...]
     start: tuple[float, float]
@@ -90,9 +94,17 @@ def _paper(xy):
     return 2 * x**2 + 2 * x * y - y**2
 
 
+def _paper_derivatives(x, y):
+    return 2 * x**2 + 2 * x * y - y**2, (4 * x + 2 * y, 2 * x - 2 * y), (4.0, 2.0, -2.0)
+
+
 def _saddle(xy):
     x, y = xy[0], xy[1]
     return x**2 - y**2
+
+
+def _saddle_derivatives(x, y):
+    return x**2 - y**2, (2 * x, -2 * y), (2.0, 0.0, -2.0)
 
 
 def _monkey(xy):
@@ -100,9 +112,17 @@ def _monkey(xy):
     return x**3 - 3 * x * y**2
 
 
+def _monkey_derivatives(x, y):
+    return x**3 - 3 * x * y**2, (3 * x**2 - 3 * y**2, -6 * x * y), (6 * x, -6 * y, -6 * x)
+
+
 def _double_well(xy):
     x, y = xy[0], xy[1]
     return x**4 / 4 - x**2 / 2 + y**2 / 2
+
+
+def _double_well_derivatives(x, y):
+    return x**4 / 4 - x**2 / 2 + y**2 / 2, (x**3 - x, y), (3 * x**2 - 1, 0.0, 1.0)
 
 
 #: Rosenbrock's parameters: ``b = 10`` instead of the classic 100, so that gradient descent
@@ -115,9 +135,27 @@ def _rosenbrock(xy):
     return (ROSENBROCK_A - x) ** 2 + ROSENBROCK_B * (y - x**2) ** 2
 
 
+def _rosenbrock_derivatives(x, y):
+    a, b, valley = ROSENBROCK_A, ROSENBROCK_B, y - x**2
+    return (
+        (a - x) ** 2 + b * valley**2,
+        (-2 * (a - x) - 4 * b * x * valley, 2 * b * valley),
+        (2 - 4 * b * valley + 8 * b * x**2, -4 * b * x, 2 * b),
+    )
+
+
 def _himmelblau(xy):
     x, y = xy[0], xy[1]
     return (x**2 + y - 11) ** 2 + (x + y**2 - 7) ** 2
+
+
+def _himmelblau_derivatives(x, y):
+    u, w = x**2 + y - 11, x + y**2 - 7
+    return (
+        u**2 + w**2,
+        (4 * x * u + 2 * w, 2 * u + 4 * y * w),
+        (12 * x**2 + 4 * y - 42, 4 * x + 4 * y, 4 * x + 12 * y**2 - 26),
+    )
 
 
 def _points(kind, *points):
@@ -127,22 +165,26 @@ def _points(kind, *points):
 _TOY_LIST = (
     Toy(
         key="paper", name="the paper's toy saddle", formula=r"2x^2 + 2xy - y^2", f=_paper,
+        derivatives=_paper_derivatives,
         box=((-2.0, 2.0), (-2.0, 2.0)), critical_points=_points("saddle", (0.0, 0.0)),
         start=(-0.75, -0.75), scale=25.0, lr=0.1,
     ),
     Toy(
         key="saddle", name="a quadratic saddle", formula=r"x^2 - y^2", f=_saddle,
+        derivatives=_saddle_derivatives,
         box=((-1.5, 1.5), (-1.5, 1.5)), critical_points=_points("saddle", (0.0, 0.0)),
         start=(1.0, 0.05), scale=4.0, lr=0.1,
     ),
     Toy(
         key="monkey", name="the monkey saddle", formula=r"x^3 - 3xy^2", f=_monkey,
+        derivatives=_monkey_derivatives,
         box=((-1.5, 1.5), (-1.5, 1.5)), critical_points=_points("monkey saddle", (0.0, 0.0)),
         start=(0.8, 0.05), scale=50.0, lr=0.1,
     ),
     Toy(
         key="double_well", name="a saddle between two minima",
         formula=r"\frac{x^4}{4} - \frac{x^2}{2} + \frac{y^2}{2}", f=_double_well,
+        derivatives=_double_well_derivatives,
         box=((-2.0, 2.0), (-1.5, 1.5)),
         critical_points=_points("minimum", (-1.0, 0.0), (1.0, 0.0))
         + _points("saddle", (0.0, 0.0)),
@@ -151,6 +193,7 @@ _TOY_LIST = (
     Toy(
         key="rosenbrock", name=f"Rosenbrock's valley (a = {ROSENBROCK_A:g}, b = {ROSENBROCK_B:g})",
         formula=rf"({ROSENBROCK_A:g} - x)^2 + {ROSENBROCK_B:g}\,(y - x^2)^2", f=_rosenbrock,
+        derivatives=_rosenbrock_derivatives,
         box=((-2.0, 2.0), (-1.0, 3.0)),
         critical_points=_points("minimum", (ROSENBROCK_A, ROSENBROCK_A**2)),
         start=(-1.5, 2.5), scale=25000.0, lr=0.005,
@@ -158,6 +201,7 @@ _TOY_LIST = (
     Toy(
         key="himmelblau", name="Himmelblau's function",
         formula=r"(x^2 + y - 11)^2 + (x + y^2 - 7)^2", f=_himmelblau,
+        derivatives=_himmelblau_derivatives,
         box=((-5.0, 5.0), (-5.0, 5.0)),
         critical_points=_points(
             "minimum",
@@ -380,13 +424,14 @@ def _closure(toy, theta, optimizer, uses_backward):
     return closure
 
 
-def _divergence(theta: torch.Tensor, loss: torch.Tensor, step: int) -> str | None:
-    """Why the run must stop after ``step`` steps at ``θ`` with loss ``f(θ)``, or ``None``."""
-    if not torch.isfinite(theta).all():
+def _divergence(x: float, y: float, loss: float, step: int) -> str | None:
+    """Why the run must stop after ``step`` steps at ``θ = (x, y)`` with loss ``f(θ)``, or
+    ``None``."""
+    if not (math.isfinite(x) and math.isfinite(y)):
         return f"diverged after {step} steps: the point became non-finite"
-    if not torch.isfinite(loss):
+    if not math.isfinite(loss):
         return f"diverged after {step} steps: the loss became non-finite"
-    if float(theta.norm()) > DIVERGENCE_RADIUS:
+    if math.hypot(x, y) > DIVERGENCE_RADIUS:
         return f"diverged after {step} steps: |θ| exceeded {DIVERGENCE_RADIUS:g}"
     return None
 
@@ -455,7 +500,7 @@ def run_trajectory(
             if torch.isfinite(point).all() and torch.isfinite(loss):
                 points.append(point)
                 losses.append(loss)
-            stopped = _divergence(point, loss, step)
+            stopped = _divergence(*point.tolist(), float(loss), step)
             if stopped is not None:
                 break
     return Trajectory(
@@ -467,6 +512,263 @@ def run_trajectory(
         stats=stats,
         stopped=stopped,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Every optimiser at once, from closed-form derivatives
+# --------------------------------------------------------------------------------------------
+#
+# run_trajectory builds a real optimiser and an autograd graph at every step: ~0.5 ms per step
+# of gradient descent and ~3.5 ms per step of series SFN with K = 50, far too slow for a
+# slider that follows the mouse. On a 2-D toy every quantity the optimisers need has a closed
+# form: f, g and H from Toy.derivatives, and each update rule below in a few lines of
+# arithmetic on floats. run_trajectories applies them; tests/test_toys.py checks that its
+# trajectories are those of the real optimisers to float64 rounding.
+
+#: what :func:`run_trajectories` requires of the curvature optimisers' hyperparameters; the
+#: others (adaptive steps, Levenberg–Marquardt damping, the other scale rules) need the real
+#: optimiser of :func:`run_trajectory`
+FIXED_RULES = dict(adaptive=False, damping_factor=None, scale_rule="fixed")
+
+#: a series term longer than ``1 + GROWTH_TOLERANCE`` times the one before proves some
+#: ``h² > 2V`` (the threshold of :func:`sfn_teach.series.sfn_series`)
+GROWTH_TOLERANCE = 1e-6
+
+
+def _sgd(hp):
+    """``torch.optim.SGD``: ``b ← μb + g`` (``b = g`` at the first step; no ``b`` for μ = 0),
+    ``θ ← θ − αb``."""
+    lr, momentum, buffer = hp["lr"], hp.get("momentum", 0.0), None
+
+    def step(theta, g, h):
+        nonlocal buffer
+        if momentum:
+            buffer = g if buffer is None else (momentum * buffer[0] + g[0],
+                                               momentum * buffer[1] + g[1])
+            g = buffer
+        return (theta[0] - lr * g[0], theta[1] - lr * g[1]), {}
+
+    return step
+
+
+def _adam(hp):
+    """``torch.optim.Adam`` at step ``t``: ``m ← m + (1 − β₁)(g − m)``,
+    ``v ← β₂v + (1 − β₂)g²``, ``θ ← θ − α/(1 − β₁ᵗ) · m/(√v/√(1 − β₂ᵗ) + ε)`` per coordinate."""
+    lr, beta1, beta2, eps = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"]
+    m, v, t = [0.0, 0.0], [0.0, 0.0], 0
+
+    def step(theta, g, h):
+        nonlocal t
+        t += 1
+        step_size, root_correction = lr / (1 - beta1**t), (1 - beta2**t) ** 0.5
+        new = []
+        for i in range(2):
+            m[i] = m[i] + (1 - beta1) * (g[i] - m[i])
+            v[i] = v[i] * beta2 + (1 - beta2) * (g[i] * g[i])
+            new.append(theta[i] - step_size * (m[i] / (math.sqrt(v[i]) / root_correction + eps)))
+        return tuple(new), {}
+
+    return step
+
+
+def _matrix(h):
+    """The symmetric 2×2 ``H`` from ``(∂²f/∂x², ∂²f/∂x∂y, ∂²f/∂y²)``."""
+    return np.array([[h[0], h[1]], [h[1], h[2]]])
+
+
+def _newton_direction(hp):
+    """``Δ = (H + λI)⁻¹g`` (LU with partial pivoting, as ``torch.linalg.solve``); NaN if
+    ``H + λI`` is exactly singular."""
+    identity = hp["damping"] * np.eye(2)
+
+    def direction(g, h):
+        try:
+            return np.linalg.solve(_matrix(h) + identity, g), {}
+        except np.linalg.LinAlgError:
+            return np.full(2, math.nan), {}
+
+    return direction
+
+
+def _exact_sfn_direction(hp):
+    """``Δ = Q diag(1/(|h_i| + λ)) Qᵀ g`` from ``H = Q diag(h) Qᵀ``."""
+    damping = hp["damping"]
+
+    def direction(g, h):
+        eigenvalues, q = np.linalg.eigh(_matrix(h))
+        return q @ (1.0 / (np.abs(eigenvalues) + damping) * (q.T @ g)), {}
+
+    return direction
+
+
+def _wynn_epsilon(partial_sums: np.ndarray, order: int, sablonniere: bool) -> np.ndarray:
+    """Wynn's ε-algorithm of order ``r`` (:func:`sfn_teach.series.wynn_epsilon`) on the rows
+    of ``partial_sums`` (``2r + 1`` vectors), one column of the ε-table at a time:
+    ``ε_s^{(m)} = ε_{s−2}^{(m+1)} + σ_s w/(wᵀw)`` with ``w = ε_{s−1}^{(m+1)} − ε_{s−1}^{(m)}``."""
+    before, column = np.zeros_like(partial_sums), partial_sums
+    for s in range(1, 2 * order + 1):
+        sigma = s // 2 + 1 if sablonniere else 1
+        w = column[1:] - column[:-1]
+        before, column = column, before[1 : len(w) + 1] + sigma * (w / np.sum(w * w, axis=1,
+                                                                        keepdims=True))
+    return column[0]
+
+
+def _series_direction(hp):
+    """The series of :func:`sfn_teach.series.sfn_series` in the eigenbasis of ``H``.
+
+    With ``H = Q diag(h) Qᵀ`` and ``ĝ = Qᵀg`` the terms ``v_k = (I − H²/V)^k g`` are
+    ``Q diag(x_i^k) ĝ``, ``x_i = 1 − h_i²/V`` (quasi-damped: ``1 − (h_i² + λ)/V``): all ``K``
+    terms and their partial sums ``S_j = Σ_{k≤j} c_k v_k`` at once, and
+    ``Δ = V^(-½) Q S_{K−1}`` — the spectral filter ``φ_K(h_i)`` applied to each ``ĝ_i``. The
+    terms grow (``diverging``) only if some ``h_i² > 2V``; otherwise, with ``r ≥ 1``, Wynn's ε
+    on the last ``2r + 1`` partial sums (the Samelson inverse ``w/(wᵀw)`` does not depend on
+    the basis) replaces ``S_{K−1}``, unless it is not finite (``acceleration_failed``).
+    """
+    terms, scale, order = hp["num_terms"], hp["scale"], hp["acceleration_order"]
+    coefficients = series_coefficients(terms, hp["damping"], scale, hp["kind"]).numpy()[:, None]
+    shift = hp["damping"] if hp["kind"] == "quasi-damped" else 0.0
+    powers = np.arange(terms)[:, None]
+
+    def direction(g, h):
+        eigenvalues, q = np.linalg.eigh(_matrix(h))
+        x = 1.0 - (eigenvalues * eigenvalues + shift) / scale
+        v = (q.T @ g) * x**powers  # row k: v_k in the eigenbasis
+        sums = np.cumsum(coefficients * v, axis=0)
+        norms = np.hypot(v[:, 0], v[:, 1])
+        stats = dict(diverging=bool(np.any(norms[1:] > (1 + GROWTH_TOLERANCE) * norms[:-1])),
+                     acceleration_failed=False)
+        total = sums[-1]
+        if order > 0 and not stats["diverging"]:
+            accelerated = _wynn_epsilon(sums[-(2 * order + 1):], order, hp["sablonniere"])
+            if np.isfinite(accelerated).all():
+                total = accelerated
+            else:
+                stats["acceleration_failed"] = True
+        return q @ total / math.sqrt(scale), stats
+
+    return direction
+
+
+def _curvature(direction_rule):
+    """The update of :class:`~sfn_teach.optim.CurvatureOptimizer` with fixed ``(α, μ)``:
+    ``δ = αΔ + μδ₀``, ``θ ← θ − δ``; a non-finite loss, gradient or update skips the step
+    (``θ`` stays), and more than ``max_skipped_steps`` skips in a row stop the run."""
+
+    def build(hp):
+        lr, momentum, direction = hp["lr"], hp["momentum"], direction_rule(hp)
+        previous, count = (0.0, 0.0), 0
+
+        def step(theta, g, h, loss):
+            nonlocal previous, count
+            count += 1
+            stats = dict(step=count, loss=loss, skipped=False)
+            for what, value in (("loss", (loss,)), ("gradient", g)):
+                if not all(map(math.isfinite, value)):
+                    return None, dict(stats, skipped=True, skip_reason=f"non-finite {what}")
+            delta, extra = direction(np.array(g), h)
+            stats.update(extra)
+            update = (lr * float(delta[0]) + momentum * previous[0],
+                      lr * float(delta[1]) + momentum * previous[1])
+            if not all(map(math.isfinite, update)):
+                return None, dict(stats, skipped=True, skip_reason="non-finite update")
+            previous = update
+            return (theta[0] - update[0], theta[1] - update[1]), stats
+
+        return step
+
+    return build
+
+
+_CLOSED_FORMS = {
+    "gd": _sgd, "momentum": _sgd, "adam": _adam,
+    "newton": _curvature(_newton_direction),
+    "exact_sfn": _curvature(_exact_sfn_direction),
+    "series_sfn": _curvature(_series_direction),
+}
+
+
+def _closed_form_step(optimizer: str, toy: Toy, given: dict):
+    """The step function of ``optimizer`` and its full hyperparameters, checked as the real
+    optimiser checks them (it is built once, on a dummy parameter, and thrown away)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
+    spec = OPTIMIZERS[optimizer]
+    hp = _hyperparameters(spec, optimizer, toy, given)
+    unsupported = {k: hp[k] for k, v in FIXED_RULES.items() if k in hp and hp[k] != v}
+    if unsupported:
+        raise ValueError(f"run_trajectories needs {FIXED_RULES} (got {unsupported}); "
+                         "run_trajectory runs every setting")
+    spec.build([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))], hp)
+    return _CLOSED_FORMS[optimizer](hp), hp
+
+
+def _evaluate(toy: Toy, theta):
+    """``f``, ``g`` (a pair) and ``H`` (a triple) at ``θ``, as floats: overflow gives ``inf``."""
+    with np.errstate(all="ignore"):
+        loss, g, h = toy.derivatives(np.float64(theta[0]), np.float64(theta[1]))
+    return float(loss), (float(g[0]), float(g[1])), tuple(float(v) for v in h)
+
+
+def run_trajectories(
+    toy: Toy | str, start, steps: int, runs: Mapping[str, dict]
+) -> dict[str, Trajectory]:
+    """Run several optimisers together on ``toy`` from ``start``, by closed forms: fast.
+
+    ``runs`` maps keys of :data:`OPTIMIZERS` to their hyperparameters, as
+    :func:`run_trajectory` takes them (validated the same way); each key's trajectory is the
+    one :func:`run_trajectory` returns, to float64 rounding, but every step costs
+    microseconds instead of an autograd graph and an optimiser step:
+
+    - ``f``, ``g`` and ``H`` come from the toy's hand-derived :attr:`Toy.derivatives`;
+    - gradient descent, momentum and Adam are ``torch.optim``'s rules written out;
+    - Newton solves ``(H + λI)Δ = g`` and exact SFN uses ``H = Q diag(h) Qᵀ``;
+    - series SFN sums all ``K`` terms at once in the eigenbasis of ``H``: there the series is
+      its spectral filter ``φ_K(h_i)`` on each component of ``g`` (``_series_direction``).
+
+    The curvature optimisers need fixed steps and damping and a fixed ``V``
+    (:data:`FIXED_RULES`); a non-finite step is skipped and too many stop the run, as there.
+    Labels are the optimisers' names; ``stats`` hold, per step of a curvature optimiser,
+    ``step``, ``loss`` (before the step) and ``skipped``, and for series SFN ``diverging``
+    and ``acceleration_failed`` (empty for the first-order ones, as for ``torch.optim``).
+    """
+    toy = get_toy(toy)
+    theta = tuple(as_point(start, "start").tolist())
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    built = {key: _closed_form_step(key, toy, dict(given)) for key, given in runs.items()}
+    first = _evaluate(toy, theta)
+    return {key: _run_closed_form(key, step, hp, first, toy, theta, steps)
+            for key, (step, hp) in built.items()}
+
+
+def _run_closed_form(key, step, hp, first, toy, theta, steps) -> Trajectory:
+    """Take up to ``steps`` steps of ``step`` from ``θ`` (with ``first = (f, g, H)`` there)."""
+    loss, g, h = first
+    points, losses, stats, stopped, skips = [theta], [loss], [], None, 0
+    curvature = key in ("newton", "exact_sfn", "series_sfn")
+    for t in range(1, steps + 1):
+        with np.errstate(all="ignore"):  # a diverging run overflows: it stops below
+            new, info = step(theta, g, h, loss) if curvature else step(theta, g, h)
+        stats.append(info)
+        skips = skips + 1 if new is None else 0
+        if skips > hp.get("max_skipped_steps", math.inf):
+            stats.pop()
+            stopped = (f"stopped after {t - 1} steps: {info['skip_reason']} in {skips} steps in "
+                       f"a row (max_skipped_steps={hp['max_skipped_steps']})")
+            break
+        if new is not None:
+            theta = new
+            loss, g, h = _evaluate(toy, theta)
+        if math.isfinite(theta[0]) and math.isfinite(theta[1]) and math.isfinite(loss):
+            points.append(theta)
+            losses.append(loss)
+        stopped = _divergence(theta[0], theta[1], loss, t)
+        if stopped is not None:
+            break
+    return Trajectory(label=OPTIMIZERS[key].label, optimizer=key, hyperparameters=hp,
+                      points=np.array(points), losses=np.array(losses), stats=stats,
+                      stopped=stopped)
 
 
 # --------------------------------------------------------------------------------------------

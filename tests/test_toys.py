@@ -16,6 +16,7 @@ from sfn_teach.toys import (
     get_toy,
     gradient,
     hessian,
+    run_trajectories,
     run_trajectory,
     series_partial_sum_points,
     series_scale_limit,
@@ -302,3 +303,113 @@ def test_partial_sums_equal_the_dense_matrix_polynomial(damping):
 def test_partial_sums_refuse_bad_terms():
     with pytest.raises(ValueError, match="num_terms must be an int >= 1"):
         series_partial_sum_points("paper", PAPER_START, 0, 25.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every optimiser at once, by closed forms
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(TOYS))
+def test_closed_form_derivatives_are_the_autograd_ones(key):
+    toy = TOYS[key]
+    for point in random_points(toy, seed=1):
+        f, g, h = toy.derivatives(*point.tolist())
+        assert f == pytest.approx(float(toy(point)), rel=1e-13, abs=1e-13)
+        np.testing.assert_allclose(g, gradient(toy, point).numpy(), rtol=1e-13, atol=1e-12)
+        (hxx, hxy), (_, hyy) = hessian(toy, point).tolist()
+        np.testing.assert_allclose(h, (hxx, hxy, hyy), rtol=1e-13, atol=1e-12)
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """``max |a − b| / max(|a|, |b|)``: rounding-level when two runs are one trajectory."""
+    assert a.shape == b.shape, f"{a.shape} != {b.shape}: the runs stopped at different steps"
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-300))
+
+
+def assert_same_runs(fast, toy, start, runs, steps, rtol):
+    for key, given in runs.items():
+        reference = run_trajectory(toy, start, key, steps, **given)
+        run = fast[key]
+        assert (run.stopped or "").split(":")[0] == (reference.stopped or "").split(":")[0]
+        assert run.hyperparameters == reference.hyperparameters
+        difference = max(relative_difference(run.points, reference.points),
+                         relative_difference(run.losses, reference.losses))
+        assert difference <= rtol, (key, given, start, difference)
+        if key in ("newton", "exact_sfn", "series_sfn"):
+            assert [s["skipped"] for s in run.stats] == [s["skipped"] for s in reference.stats]
+        if key == "series_sfn":
+            assert [s["diverging"] for s in run.stats] == [
+                s["diverging"] for s in reference.stats]
+
+
+#: starts besides each toy's own, away from the regions where the runs are chaotic (damped
+#: Newton circling the monkey saddle, say: there a start moved by one ulp ends elsewhere, and
+#: no two float64 implementations agree for long)
+OTHER_STARTS = {
+    "paper": [(0.05, 1.8), (-1.42, 1.79)], "saddle": [(-1.2, 0.4), (0.3, -1.1)],
+    "monkey": [(1.0, 0.3), (-1.0, 0.6)], "double_well": [(1.5, -1.0), (-0.3, 0.9)],
+    "rosenbrock": [(1.85, 1.9), (0.16, 0.11)], "himmelblau": [(0.16, -3.84), (1.23, 2.77)],
+}
+
+
+@pytest.mark.parametrize("key", sorted(TOYS))
+def test_run_trajectories_are_the_real_optimizers_trajectories(key):
+    """Closed forms against sfn_teach.optim and torch.optim, to float64 rounding: every toy,
+    three starts, K from 1 to 50, V at the toy's scale, 4× it and below the series' limit
+    (a diverging series), with and without damping, 100 steps."""
+    toy = TOYS[key]
+    for start in [toy.start, *OTHER_STARTS[key]]:
+        limit = series_scale_limit(toy, start)
+        runs = {
+            "gd": {}, "momentum": dict(lr=toy.lr / 2), "adam": dict(beta1=0.8),
+            "newton": {}, "exact_sfn": dict(damping=0.1),
+            "series_sfn": dict(num_terms=5, damping=0.1),
+        }
+        assert_same_runs(run_trajectories(toy, start, 100, runs), toy, start, runs, 100, 1e-12)
+        for terms, scale, damping in [(1, toy.scale, 0.0), (20, 4 * toy.scale, 0.0),
+                                      (50, toy.scale, 0.5), (10, limit / 3, 0.0)]:
+            series = {"series_sfn": dict(num_terms=terms, scale=scale, damping=damping)}
+            fast = run_trajectories(toy, start, 100, series)
+            assert_same_runs(fast, toy, start, series, 100, 1e-12)
+
+
+@pytest.mark.parametrize("key", sorted(TOYS))
+def test_run_trajectories_with_wynn_acceleration_follow_the_optimizer(key):
+    """With Wynn's ε (r ≥ 1) the last partial sums differ by little more than their rounding,
+    and the ε-table divides by those differences, so it magnifies their rounding: ~1e-12 of
+    the trajectory's size for r = 1, up to ~1e-8 for r = 3 (the library's two ways of taking
+    products, dense and by autograd, differ by as much on Rosenbrock)."""
+    toy = TOYS[key]
+    for order, terms, rtol in [(1, 9, 1e-11), (2, 20, 1e-9), (3, 30, 1e-6)]:
+        runs = {"series_sfn": dict(num_terms=terms, acceleration_order=order, damping=0.1)}
+        fast = run_trajectories(toy, toy.start, 100, runs)
+        assert_same_runs(fast, toy, toy.start, runs, 100, rtol)
+
+
+def test_run_trajectories_stop_as_the_optimizers_do():
+    # gradient descent diverging on Rosenbrock, Newton skipping at the monkey saddle (H = 0)
+    fast = run_trajectories("rosenbrock", (-1.5, 2.5), 100, {"gd": dict(lr=0.1)})
+    assert fast["gd"].stopped.startswith(f"diverged after {fast['gd'].num_steps} steps")
+    assert_same_runs(fast, TOYS["rosenbrock"], (-1.5, 2.5), {"gd": dict(lr=0.1)}, 100, 1e-12)
+    newton = {"newton": dict(max_skipped_steps=3)}
+    skipped = run_trajectories("monkey", (0.0, 0.0), 50, newton)["newton"]
+    assert skipped.stopped.startswith("stopped after 3 steps: non-finite update")
+    assert skipped.num_steps == 3 and (skipped.points == 0).all()
+    assert_same_runs({"newton": skipped}, TOYS["monkey"], (0.0, 0.0), newton, 50, 0.0)
+
+
+def test_run_trajectories_refuse_what_they_cannot_follow():
+    with pytest.raises(ValueError, match="run_trajectory runs every setting"):
+        run_trajectories("paper", PAPER_START, 3, {"series_sfn": dict(adaptive=True)})
+    with pytest.raises(ValueError, match="run_trajectory runs every setting"):
+        run_trajectories("paper", PAPER_START, 3, {"newton": dict(damping_factor=0.5)})
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['K'\]"):
+        run_trajectories("paper", PAPER_START, 3, {"series_sfn": dict(K=5)})
+    with pytest.raises(ValueError, match="damping"):
+        run_trajectories("paper", PAPER_START, 3, {"exact_sfn": dict(damping=-1.0)})
+    with pytest.raises(ValueError, match="num_terms must be >= 2"):
+        run_trajectories("paper", PAPER_START, 3, {"series_sfn": dict(num_terms=2,
+                                                                      acceleration_order=1)})
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        run_trajectories("paper", PAPER_START, 3, {"lbfgs": {}})
