@@ -1,13 +1,26 @@
-"""SeriesSFN, ExactSFN and Newton against dense references, in float64."""
+"""SeriesSFN, ExactSFN and Newton against dense references, in float64; the update kernel, the
+per-step statistics and the optimisers' module structure."""
 
+import ast
 import copy
 import math
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sfn_teach.optim import ExactSFN, Newton, NonFiniteStepError, SeriesSFN
+from sfn_teach.optim import (
+    ExactSFN,
+    Newton,
+    NonFiniteStepError,
+    SeriesSFN,
+    StepStats,
+    curvature_update,
+)
 from sfn_teach.series import exact_sfn_direction, sfn_direction
 
 pytestmark = pytest.mark.float64
@@ -422,3 +435,90 @@ def test_astronomical_learning_rate_never_raises_an_overflow():
     optimizer.step(lambda: (theta**2).sum())  # α² overflows a Python float power
     assert torch.isfinite(theta).all()
     assert optimizer.stats["damping"] >= 1e-4  # the model promised nothing: λ did not shrink
+
+
+# ---------------------------------------------------------------------------------------------
+# The functional kernel, the per-step statistics, the module structure
+# ---------------------------------------------------------------------------------------------
+
+
+def test_curvature_update_is_the_update_rule_by_hand():
+    gen = torch.Generator().manual_seed(11)
+    grad, direction, previous, buffer = torch.randn(4, 7, generator=gen, dtype=F64)
+    proposal = curvature_update(grad, direction, previous, buffer, lr=0.3, momentum=0.6,
+                                adaptive=False)
+    g_dir, g_prev, q = float(grad @ direction), float(grad @ previous), float(previous @ buffer)
+    torch.testing.assert_close(proposal.update, 0.3 * direction + 0.6 * previous, rtol=0, atol=0)
+    torch.testing.assert_close(proposal.curvature_buffer, 0.6 * buffer + 0.3 * grad, rtol=0,
+                               atol=0)
+    assert (proposal.alpha, proposal.mu) == (0.3, 0.6)
+    expected = 0.5 * (0.09 * g_dir + 0.36 * g_prev + 0.36 * q) - (0.3 * g_dir + 0.6 * g_prev)
+    assert proposal.model_decrease == pytest.approx(expected, rel=1e-14)
+    # adaptive: the 2×2 system's right-hand side is its first column, so (α, μ) = (1, 0) and
+    # the model decrease is −½gᵀΔ
+    adaptive = curvature_update(grad, direction, previous, buffer, lr=0.3, momentum=0.6,
+                                adaptive=True)
+    assert adaptive.alpha == pytest.approx(1.0, abs=1e-12)
+    assert adaptive.mu == pytest.approx(0.0, abs=1e-12)
+    assert adaptive.model_decrease == pytest.approx(-0.5 * g_dir, rel=1e-10)
+    # the first step: δ₀ = b₋₁ = 0, so q := 1 and the update is αΔ
+    zero = torch.zeros(7, dtype=F64)
+    first = curvature_update(grad, direction, zero, zero, lr=0.3, momentum=0.6, adaptive=False)
+    assert first.model_decrease == pytest.approx(0.5 * (0.09 * g_dir + 0.36) - 0.3 * g_dir)
+
+
+def test_step_stats_is_a_typed_record_and_a_mapping():
+    theta = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=F64))
+    series = SeriesSFN([theta], num_terms=3, damping_factor=0.9)
+    series.step(lambda: paper_toy(theta))
+    stats = series.stats
+    assert isinstance(stats, StepStats) and list(stats) == [f.name for f in fields(StepStats)]
+    assert stats["scale"] == stats.scale > 0 and stats.get("rho") == stats.rho is not None
+    assert dict(stats) == {name: getattr(stats, name) for name in stats} and stats == dict(stats)
+    assert stats.get("no such field", 7) == 7 and "no such field" not in stats
+    with pytest.raises(KeyError):
+        stats["no such field"]
+    assert (stats.num_gradients, stats.num_forward, stats.skipped) == (1, 1, False)
+    assert stats.diverging is False and stats.allreduce_bytes is None  # one process
+    exact = ExactSFN([torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=F64))])
+    exact.step(lambda: paper_toy(exact.param_groups[0]["params"][0]))
+    assert exact.stats.num_hvps == 2 and exact.stats.num_forward == 0  # n = 2 products for H
+    assert exact.stats.diverging is None and exact.stats.scale is None  # no series, no V
+    assert exact.stats != stats
+
+
+def test_optim_knows_nothing_of_torch_distributed():
+    """``sfn_teach.optim`` imports no ``sfn_teach.distributed``; data parallelism plugs in by
+    :attr:`CurvatureOptimizer.data_parallel`, and without it ``process_group`` is refused."""
+    code = (
+        "import sys, torch\n"
+        "from sfn_teach.optim import CurvatureOptimizer, SeriesSFN\n"
+        "assert 'sfn_teach.distributed' not in sys.modules\n"
+        "assert CurvatureOptimizer.data_parallel is None\n"
+        "try:\n"
+        "    SeriesSFN([torch.nn.Parameter(torch.ones(2))], process_group=object())\n"
+        "except RuntimeError as error:\n"
+        "    assert 'import sfn_teach.distributed' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('process_group accepted without a data_parallel operator')\n"
+        "import sfn_teach.distributed\n"
+        "assert CurvatureOptimizer.data_parallel is sfn_teach.distributed.RankAveragedOperator\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+CURVATURE_MODULES = ("checks", "hvp", "update", "scale", "optim", "distributed", "train")
+
+
+@pytest.mark.parametrize("module", CURVATURE_MODULES)
+def test_modules_import_only_public_names_of_each_other(module):
+    path = Path(__file__).resolve().parents[1] / "sfn_teach" / f"{module}.py"
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.level or node.module.startswith("sfn_teach"))
+        for alias in node.names if alias.name.startswith("_")
+    ]
+    assert private == [], private
