@@ -8,7 +8,11 @@ Modules, each with one job:
 
 - :mod:`sfn_teach.series`: the series coefficients, the truncated series on any operator
   ``v ↦ Hv``, Wynn's ε acceleration, the spectral filter and exact eigen-references;
-- :mod:`sfn_teach.hvp`: matrix-free Hessian-vector products and power iteration;
+- :mod:`sfn_teach.hvp`: matrix-free Hessian-vector products, the curvature operator of a step
+  (``CurvatureOperator``) and power iteration;
+- :mod:`sfn_teach.update`: the update every curvature optimiser shares, as pure functions, and
+  their base class ``CurvatureOptimizer``;
+- :mod:`sfn_teach.scale`: how ``SeriesSFN`` chooses the scale ``V`` of its series;
 - :mod:`sfn_teach.optim`: the ``SeriesSFN`` optimiser; ``ExactSFN``, ``Newton`` for small problems.
 """
 
