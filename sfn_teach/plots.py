@@ -418,6 +418,54 @@ def _target_label(damping, kind):
     return r"target $1/(|h| + \lambda)$" if damping > 0 else r"target $1/|h|$"
 
 
+def filter_curve(
+    num_terms: int,
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+    h_range: tuple[float, float] | None = None,
+    acceleration_order: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """What :func:`plot_spectral_filter` draws for one ``K``: ``(h, φ(h), t(h), top)``.
+
+    801 points ``h`` over ``h_range`` (default ``±1.3 √(2V)``), the multipliers ``φ(h)`` of
+    :func:`filter_values` (NaN where undefined), the target ``t(h)`` (:func:`filter_target
+    <sfn_teach.series.filter_target>`) and ``top``, the largest finite ``φ`` with
+    ``|h| ≤ √(2V)`` (the target there if there is none): the y range shown is
+    ``[−0.15, 1.25] × top``.
+    """
+    limit = convergence_limit(scale)
+    low, high = h_range if h_range is not None else (-1.3 * limit, 1.3 * limit)
+    h = torch.linspace(low, high, 801, dtype=torch.float64)
+    phi = filter_values(h, num_terms, scale, damping, kind, acceleration_order)
+    shown = phi[(h.abs() <= limit) & torch.isfinite(phi)]
+    top = float(shown.max()) if shown.numel() else 0.0
+    top = top or float(filter_target(torch.tensor(limit), damping, kind))
+    return h.numpy(), phi.numpy(), filter_target(h, damping, kind).numpy(), top
+
+
+def filter_error_curve(
+    num_terms: int,
+    scale: float,
+    damping: float = 0.0,
+    kind: str = "damped",
+    h_range: tuple[float, float] | None = None,
+    acceleration_order: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`plot_filter_error` draws for one ``K``: ``(|h|, error)``.
+
+    401 log-spaced ``|h|`` over ``h_range`` (default ``(10⁻³ √(2V), 1.3 √(2V))``) and the
+    relative error of :func:`filter_relative_error`, floored at ``10⁻¹⁷`` for log axes.
+    """
+    limit = convergence_limit(scale)
+    low, high = h_range if h_range is not None else (1e-3 * limit, 1.3 * limit)
+    if not 0 < low < high:
+        raise ValueError(f"h_range must be (low, high) with 0 < low < high, got {h_range!r}")
+    h = torch.logspace(math.log10(low), math.log10(high), 401, dtype=torch.float64)
+    error = filter_relative_error(h, num_terms, scale, damping, kind, acceleration_order)
+    return h.numpy(), error.clamp_min(1e-17).numpy()
+
+
 def plot_spectral_filter(
     num_terms: int | Sequence[int],
     scale: float,
@@ -434,25 +482,19 @@ def plot_spectral_filter(
     ``h_range`` defaults to ``±1.3 √(2V)``; the y axis is clipped to the convergent part.
     With ``acceleration_order = r ≥ 1`` the curves are the accelerated multipliers of
     :func:`filter_values` (the plotted points taken as the spectrum; ``|h| ≤ √(2V)`` only).
-    Returns ``(fig, ax)``.
+    The numbers are :func:`filter_curve`'s. Returns ``(fig, ax)``.
     """
     terms = _as_int_list("num_terms", num_terms)
-    limit = convergence_limit(scale)
-    low, high = h_range if h_range is not None else (-1.3 * limit, 1.3 * limit)
-    h = torch.linspace(low, high, 801, dtype=torch.float64)
     fig, ax = _figure_and_axes(ax)
-    inside = h.abs() <= limit
     top = 0.0
     for count in terms:
-        phi = filter_values(h, count, scale, damping, kind, acceleration_order)
-        ax.plot(h.numpy(), phi.numpy(), lw=1.5, label=_filter_label(count, acceleration_order))
-        shown = phi[inside & torch.isfinite(phi)]
-        top = max(top, float(shown.max()) if shown.numel() else 0.0)
-    ax.plot(h.numpy(), filter_target(h, damping, kind).numpy(), "k", lw=1, alpha=0.6,
-            label=_target_label(damping, kind))
-    _limit_lines(ax, scale, both_sides=low < 0)
-    ax.set_xlim(low, high)
-    top = top or float(filter_target(torch.tensor(limit), damping, kind))
+        h, phi, target, highest = filter_curve(count, scale, damping, kind, h_range,
+                                               acceleration_order)
+        ax.plot(h, phi, lw=1.5, label=_filter_label(count, acceleration_order))
+        top = max(top, highest)
+    ax.plot(h, target, "k", lw=1, alpha=0.6, label=_target_label(damping, kind))
+    _limit_lines(ax, scale, both_sides=h[0] < 0)
+    ax.set_xlim(h[0], h[-1])
     ax.set_ylim(-0.15 * top, 1.25 * top)
     ax.set_xlabel("eigenvalue h")
     ax.set_ylabel("multiplier of the component along q")
@@ -475,19 +517,14 @@ def plot_filter_error(
     ``h_range`` (of ``|h|``, both positive) defaults to ``(10⁻³ √(2V), 1.3 √(2V))``. The error
     falls like ``|1 − h²/V|^K`` inside the limit, slowest at small ``|h|`` (truncation acts as
     an implicit damping there), and explodes beyond ``|h| = √(2V)`` (dashed). With
-    ``acceleration_order ≥ 1`` the error is that of :func:`filter_values`. Returns ``(fig, ax)``.
+    ``acceleration_order ≥ 1`` the error is that of :func:`filter_values`. The numbers are
+    :func:`filter_error_curve`'s. Returns ``(fig, ax)``.
     """
     terms = _as_int_list("num_terms", num_terms)
-    limit = convergence_limit(scale)
-    low, high = h_range if h_range is not None else (1e-3 * limit, 1.3 * limit)
-    if not 0 < low < high:
-        raise ValueError(f"h_range must be (low, high) with 0 < low < high, got {h_range!r}")
-    h = torch.logspace(math.log10(low), math.log10(high), 401, dtype=torch.float64)
     fig, ax = _figure_and_axes(ax)
     for count in terms:
-        error = filter_relative_error(h, count, scale, damping, kind, acceleration_order)
-        ax.plot(h.numpy(), error.clamp_min(1e-17).numpy(), lw=1.5,
-                label=_filter_label(count, acceleration_order))
+        h, error = filter_error_curve(count, scale, damping, kind, h_range, acceleration_order)
+        ax.plot(h, error, lw=1.5, label=_filter_label(count, acceleration_order))
     _limit_lines(ax, scale, both_sides=False)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -5,54 +5,64 @@ Each panel is a class exposing
 - ``widget``: the top-level box to display (``display(panel.widget)``, or just ``panel``);
 - its controls as attributes (set ``panel.num_terms.value = 20`` in code and it redraws, as
   a slider dragged in the browser would);
-- ``figure``: the current :class:`matplotlib.figure.Figure`, rendered into ``image`` (an
-  ``ipywidgets.Image`` holding PNG bytes, which shows in JupyterLab and in executed
-  notebooks alike);
+- ``figures``: two bqplot figures side by side (``figure_box``), drawn by the browser: a
+  change sends only the new data of the curves (a few kilobytes, ~1 ms), so the panels
+  follow a slider while it is dragged (``continuous_update=True``);
 - ``readout``: an ``HTML`` widget whose ``value`` is a short text about the figure (final
   points and losses, or the filter's largest error);
 - ``message``: an ``HTML`` widget with validation messages, empty when all is well;
-- ``update()``: recompute and redraw from the current control values.
+- ``update()``: recompute and redraw from the current control values;
+- ``static_png()``: the figure as it is now, drawn by matplotlib (:mod:`sfn_teach.plots`).
+  Displaying a panel puts this PNG into the cell's output next to the widget, so an
+  executed notebook shows the figure where no kernel runs (a repository viewer, HTML).
 
 No exception escapes a callback: bad input (a negative λ typed into the box, ``K < 2r + 1``)
-shows a message in ``message`` and keeps the last good figure; the panel keeps working. The
-sliders use ``continuous_update=False``, so a drag redraws once, on release.
+shows a message in ``message`` and keeps the last good figure; the panel keeps working.
 
 Nothing in the library imports this module; notebooks do.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import io
 import math
 
+import bqplot
 import ipywidgets as widgets
-import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from PIL import Image
 
 from .plots import (
+    CRITICAL_STYLES,
     OPTIMIZER_COLORS,
     convergence_limit,
     draw_toy,
-    draw_trajectories,
+    filter_curve,
+    filter_error_curve,
+    loss_scale,
     max_filter_error,
     plot_filter_error,
     plot_losses,
     plot_spectral_filter,
+    plot_toy,
 )
 from .series import KINDS
-from .toys import OPTIMIZERS, TOYS, get_toy, run_trajectory, series_scale_limit
+from .toys import OPTIMIZERS, TOYS, get_toy, run_trajectories, series_scale_limit
 
 #: the optimisers that use the learning-rate control (the curvature ones step with α = 1 and
 #: use the damping λ)
 FIRST_ORDER = ("gd", "momentum", "adam")
 
+#: controls whose change starts work (a training run): the value is sent on release
 _SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
+#: controls the explorers follow while they move
+_FOLLOWED = dict(_SLIDER, continuous_update=True)
 
 
 def _png(canvas: FigureCanvasAgg) -> bytes:
@@ -60,6 +70,13 @@ def _png(canvas: FigureCanvasAgg) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(canvas.buffer_rgba())).save(buffer, format="png", compress_level=1)
     return buffer.getvalue()
+
+
+def _figure_png(figure: Figure) -> bytes:
+    """``figure`` drawn by Agg, as PNG."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return _png(canvas)
 
 
 def _error_html(text: str) -> str:
@@ -85,21 +102,6 @@ def _check_order(num_terms: int, order: int):
         )
 
 
-def _remove_lines(ax):
-    """Remove the lines of ``ax`` and forget their data limits.
-
-    Cheaper than ``ax.clear()``, which throws away the tick objects: building them again
-    took most of a redraw.
-    """
-    for line in list(ax.lines):
-        line.remove()
-    ax.relim()
-
-
-#: titles at a fixed height: matplotlib otherwise measures every tick label to place them
-_FAST_TITLES = {"axes.titley": 1.0}
-
-
 class DampingControl:
     """The damping ``λ ≥ 0`` as a log-slider, a "λ = 0" box and a text box, which always agree.
 
@@ -107,7 +109,8 @@ class DampingControl:
     and every value in force is shown by all three: the box is ticked exactly when λ = 0, and
     the slider then is disabled and shows no number (a log-slider has no 0); otherwise the
     slider shows λ, its range (``[1e-6, 10]`` at first) growing to reach a typed value.
-    Unticking the box brings back the slider's value. Observers of ``text`` see every change.
+    Unticking the box brings back the slider's value. Observers of ``text`` see every change,
+    the slider's while it is dragged.
     A typed negative value stays in ``text``, where the panel refuses it with a message; the
     slider and the box keep showing the last good value, which is still what is drawn.
     """
@@ -115,7 +118,7 @@ class DampingControl:
     def __init__(self, value: float = 0.0):
         self.slider = widgets.FloatLogSlider(
             value=1e-3, base=10, min=-6, max=1, description="λ", readout_format=".1e",
-            **_SLIDER,
+            **_FOLLOWED,
         )
         self.zero = widgets.Checkbox(description="λ = 0", indent=False)
         self.text = widgets.FloatText(value=value, description="λ (type)", **_SLIDER)
@@ -157,33 +160,138 @@ class DampingControl:
             self._syncing = False
 
 
-class _Panel:
-    """What both panels share: a two-panel figure shown as an image, the series controls
-    ``K``, ``λ``, ``V``, ``r``, the readout, messages, and updates that never raise."""
+# --------------------------------------------------------------------------------------------
+# Figures drawn by the browser
+# --------------------------------------------------------------------------------------------
 
-    def __init__(self, dpi: int, num_terms: int, max_terms: int, damping: float, scale: float,
-                 max_scale_exponent: int, acceleration_order: int):
-        self.figure = Figure(figsize=(10, 4.2), dpi=dpi)
-        self.figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.25)
-        self.axes = self.figure.subplots(1, 2)
-        self._canvas = FigureCanvasAgg(self.figure)
-        self.image = widgets.Image(format="png")
+
+class LivePlot:
+    """One bqplot figure: an x and a y scale with their axes, and curves by name.
+
+    :meth:`curve` makes a curve (a ``bqplot.Lines`` or ``bqplot.Scatter``) once;
+    :meth:`show` replaces its data, which is all a change sends to the browser. Scales
+    without limits follow the data shown.
+    """
+
+    def __init__(self, x_label: str, y_label: str, x_scale=None, y_scale=None):
+        self.x = x_scale or bqplot.LinearScale()
+        self.y = y_scale or bqplot.LinearScale()
+        self.y_axis = bqplot.Axis(scale=self.y, side="left", label=y_label,
+                                  grid_lines="none", label_offset="45px")
+        self.figure = bqplot.Figure(
+            axes=[bqplot.Axis(scale=self.x, side="bottom", label=x_label, grid_lines="none"),
+                  self.y_axis],
+            fig_margin=dict(top=40, bottom=45, left=65, right=15), animation_duration=0,
+            legend_location="top-right", legend_text={"font-size": "11px"},
+            title_style={"font-size": "13px"},
+            layout=widgets.Layout(width="490px", height="380px"),
+        )
+        self.curves: dict[str, bqplot.Mark] = {}
+
+    def curve(self, name: str, mark=bqplot.Lines, **style) -> bqplot.Mark:
+        """Add the curve ``name`` (empty and hidden until :meth:`show`), drawn in ``style``."""
+        curve = mark(x=[0.0], y=[0.0], scales={"x": self.x, "y": self.y}, visible=False,
+                     **style)
+        self.curves[name] = curve
+        self.figure.marks = [*self.figure.marks, curve]
+        return curve
+
+    def show(self, name: str, x=None, y=None):
+        """Draw the points ``(x, y)`` (non-finite ones left out) as curve ``name``; without
+        data, hide it."""
+        curve = self.curves[name]
+        if x is None:
+            curve.visible = False
+            return
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        finite = np.isfinite(x) & np.isfinite(y)
+        with curve.hold_sync():
+            curve.x, curve.y, curve.visible = x[finite], y[finite], bool(finite.any())
+
+
+def _color(key: str) -> str:
+    return to_hex(OPTIMIZER_COLORS[key])
+
+
+#: bqplot's marker for each kind of critical point (matplotlib's are in plots.CRITICAL_STYLES)
+_CRITICAL_MARKERS = {"minimum": "circle", "maximum": "triangle-up", "saddle": "cross",
+                     "monkey saddle": "diamond"}
+
+
+def _contour_png(toy, pixels: int = 480) -> bytes:
+    """The toy's filled contours over exactly its box, no axes: the background of a plot."""
+    figure = Figure(figsize=(pixels / 100, pixels / 100), dpi=100)
+    ax = figure.add_axes((0, 0, 1, 1))
+    draw_toy(ax, toy, critical_points=False)
+    ax.set_axis_off()
+    return _figure_png(figure)
+
+
+def _shown_loss(losses: np.ndarray, scale: str) -> np.ndarray:
+    """The losses as the loss plot's linear y axis shows them (see :data:`_LOSS_AXES`)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if scale == "log":
+            return np.log10(losses)
+        if scale == "symlog":
+            return np.sign(losses) * np.log10(1 + np.abs(losses))
+    return losses
+
+
+#: the label of the loss plot's y axis for each :func:`~sfn_teach.plots.loss_scale`: a linear
+#: axis of ``log₁₀ f`` for losses over several decades, of ``sign(f)·log₁₀(1 + |f|)`` for
+#: losses falling without bound (as matplotlib's "symlog" with a linear part of width 1)
+_LOSS_AXES = {"linear": "loss f(θ_t)", "log": "log₁₀ f(θ_t)",
+              "symlog": "sign(f)·log₁₀(1 + |f(θ_t)|)"}
+
+
+class _PanelBox(widgets.VBox):
+    """A panel's top-level box: live in JupyterLab, a PNG of its figure elsewhere.
+
+    Its display data hold the widget's view and, as ``image/png``, the figure when it was
+    displayed, which HTML exports and repository viewers show where no kernel runs.
+    """
+
+    def __init__(self, children, static_png):
+        super().__init__(children)
+        self._static_png = static_png
+        self.add_class("sfn-panel")
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        bundle["image/png"] = base64.b64encode(self._static_png()).decode("ascii")
+        return bundle
+
+
+class _Panel:
+    """What both panels share: two live plots side by side, the series controls ``K``, ``λ``,
+    ``V``, ``r``, the readout, messages, and updates that never raise."""
+
+    def __init__(self, plots: tuple[LivePlot, LivePlot], num_terms: int, max_terms: int,
+                 damping: float, scale: float, max_scale_exponent: int,
+                 acceleration_order: int):
+        self.plots = plots
+        self.figures = tuple(plot.figure for plot in plots)
+        self.figure_box = widgets.HBox(list(self.figures))
         self.readout = widgets.HTML()
         self.message = widgets.HTML()
         self._held = False
         self.num_terms = widgets.IntSlider(value=num_terms, min=1, max=max_terms,
-                                           description="K", **_SLIDER)
+                                           description="K", **_FOLLOWED)
         self.damping = DampingControl(damping)
         self.scale = widgets.FloatLogSlider(value=scale, base=10, min=-1,
-                                            max=max_scale_exponent, description="V", **_SLIDER)
+                                            max=max_scale_exponent, description="V",
+                                            **_FOLLOWED)
         self.acceleration_order = widgets.IntSlider(
-            value=acceleration_order, min=0, max=10, description="r", **_SLIDER
+            value=acceleration_order, min=0, max=10, description="r", **_FOLLOWED
         )
         # CSS classes by which the browser tests (tests/test_browser.py) find the parts
         for part, name in [(self.num_terms, "k-slider"), (self.damping.box, "damping"),
                            (self.damping.text, "damping-text"), (self.message, "message"),
-                           (self.image, "figure"), (self.readout, "readout")]:
+                           (self.figure_box, "figure"), (self.readout, "readout")]:
             part.add_class(f"sfn-{name}")
+
+    def _box(self, *rows) -> _PanelBox:
+        return _PanelBox([*rows, self.message, self.figure_box, self.readout], self.static_png)
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -209,22 +317,24 @@ class _Panel:
         if self._held:
             return
         try:
-            with matplotlib.rc_context(_FAST_TITLES):
-                warning = self._redraw()
+            warning = self._redraw()
         except Exception as error:  # noqa: BLE001 - a callback must never raise
             self.message.value = _error_html(f"{type(error).__name__}: {error}")
             return
-        self._render()
-        self.image.value = _png(self._canvas)
         self.message.value = _warning_html(warning) if warning else ""
 
     def _redraw(self) -> str | None:  # pragma: no cover - abstract
-        """Validate the controls, draw into ``figure``, set the readout; return a warning."""
+        """Validate the controls, compute, then replace the curves' data and set the readout
+        (nothing is drawn before everything is computed); return a warning or ``None``."""
         raise NotImplementedError
 
-    def _render(self):
-        """Draw ``figure`` onto the canvas (all of it; a panel may redraw only what changed)."""
-        self._canvas.draw()
+    def _static_figure(self) -> Figure:  # pragma: no cover - abstract
+        """The figure as the live plots show it now, drawn by :mod:`sfn_teach.plots`."""
+        raise NotImplementedError
+
+    def static_png(self) -> bytes:
+        """The figure as it is now, as PNG (matplotlib; what an exported notebook shows)."""
+        return _figure_png(self._static_figure())
 
 
 class SaddleExplorer(_Panel):
@@ -240,12 +350,15 @@ class SaddleExplorer(_Panel):
 
     Choosing a problem resets the start, ``V`` and ``lr`` to the toy's defaults. With ``V``
     below ``max h²/2`` at the start the series diverges (``|1 − h²/V| > 1`` for the steepest
-    eigenvalue): ``message`` warns, and the run shows the divergence. Trajectories are
-    cached by their inputs: moving ``K`` re-runs the series optimiser only.
+    eigenvalue): ``message`` warns, and the run shows the divergence. The trajectories come
+    from :func:`~sfn_teach.toys.run_trajectories` (closed forms, the real optimisers'
+    trajectories to rounding) and are cached by their inputs: moving ``K`` re-runs the
+    series optimiser only.
 
     After each update ``trajectories`` maps each ticked optimiser to its
     :class:`~sfn_teach.toys.Trajectory`; the readout lists their final points and losses.
-    The left panel's legend names the optimisers; the right panel's title the settings.
+    The left plot draws the trajectories over the toy's contours (an image), its critical
+    points and the start; the right one the loss against the step, titled by the settings.
     """
 
     def __init__(
@@ -256,10 +369,10 @@ class SaddleExplorer(_Panel):
         damping: float = 0.0,
         acceleration_order: int = 0,
         steps: int = 20,
-        dpi: int = 72,
     ):
         toy = get_toy(problem)
-        super().__init__(dpi, num_terms, 50, damping, toy.scale, 6, acceleration_order)
+        plots = (LivePlot("x", "y"), LivePlot("step t", _LOSS_AXES["linear"]))
+        super().__init__(plots, num_terms, 50, damping, toy.scale, 6, acceleration_order)
         self.problem = widgets.Dropdown(
             options=[(t.name, key) for key, t in TOYS.items()], value=toy.key,
             description="problem",
@@ -271,28 +384,44 @@ class SaddleExplorer(_Panel):
             for key, spec in OPTIMIZERS.items()
         }
         self.lr = widgets.FloatLogSlider(value=toy.lr, base=10, min=-4, max=0,
-                                         description="lr (GD, momentum, Adam)", **_SLIDER)
+                                         description="lr (GD, momentum, Adam)", **_FOLLOWED)
         self.steps = widgets.IntSlider(value=steps, min=1, max=200, description="steps",
-                                       **_SLIDER)
-        self.widget = widgets.VBox([
+                                       **_FOLLOWED)
+        self._add_curves()
+        self.widget = self._box(
             widgets.HBox([self.problem, self.start_x, self.start_y]),
             widgets.HBox(list(self.optimizers.values())),
             widgets.HBox([self.num_terms, self.acceleration_order, self.scale]),
             self.damping.box,
             widgets.HBox([self.lr, self.steps]),
-            self.message,
-            self.image,
-            self.readout,
-        ])
-        self.widget.add_class("sfn-panel")
+        )
         self._cache: dict = {}
-        self._background, self._background_key, self._artists = None, None, []
+        self._drawn_problem = None
         self.problem.observe(self._on_problem, names="value")
         self._observe(
             self.start_x, self.start_y, self.num_terms, self.damping.text, self.scale,
             self.acceleration_order, self.lr, self.steps, *self.optimizers.values(),
         )
         self.update()
+
+    def _add_curves(self):
+        """The background, one scatter per kind of critical point, one line per optimiser on
+        each plot, and the start."""
+        toy_plot, loss_plot = self.plots
+        self._background = bqplot.Image(image=widgets.Image(format="png"),
+                                        scales={"x": toy_plot.x, "y": toy_plot.y})
+        toy_plot.figure.marks = [self._background]
+        for kind, style in CRITICAL_STYLES.items():
+            toy_plot.curve(kind, bqplot.Scatter, marker=_CRITICAL_MARKERS[kind],
+                           colors=[to_hex(style["color"])], stroke="white", default_size=90,
+                           labels=[kind], display_legend=True)
+        for key, spec in OPTIMIZERS.items():
+            style = dict(colors=[_color(key)], stroke_width=1.5, labels=[spec.label],
+                         display_legend=True)
+            toy_plot.curve(key, marker="circle", marker_size=12, **style)
+            loss_plot.curve(key, **style)
+        toy_plot.curve("start", bqplot.Scatter, marker="diamond", colors=["gold"],
+                       stroke="black", default_size=120, labels=["start"], display_legend=True)
 
     def _on_problem(self, change):
         toy = TOYS[change["new"]]
@@ -322,72 +451,69 @@ class SaddleExplorer(_Panel):
         if self.optimizers["series_sfn"].value:
             _check_order(self.num_terms.value, self.acceleration_order.value)
 
-    def _trajectory(self, optimizer: str, start: tuple[float, float]):
-        """The run of one optimiser, from the cache when its inputs did not change."""
-        hyperparameters = self._hyperparameters(optimizer)
-        key = (self.problem.value, start, optimizer, self.steps.value,
-               tuple(sorted(hyperparameters.items())))
-        if key not in self._cache:
+    def _run(self, chosen, start):
+        """The runs of the ``chosen`` optimisers: from the cache where their inputs did not
+        change, the others together in one :func:`~sfn_teach.toys.run_trajectories`."""
+        keys = {key: (self.problem.value, start, key, self.steps.value,
+                      tuple(sorted(self._hyperparameters(key).items()))) for key in chosen}
+        missing = [key for key in chosen if keys[key] not in self._cache]
+        if missing:
+            runs = run_trajectories(self.problem.value, start, self.steps.value,
+                                    {key: self._hyperparameters(key) for key in missing})
             if len(self._cache) > 64:
                 self._cache.clear()
-            self._cache[key] = run_trajectory(
-                self.problem.value, start, optimizer, self.steps.value,
-                label=OPTIMIZERS[optimizer].label, **hyperparameters,
-            )
-        return self._cache[key]
+            self._cache.update({keys[key]: runs[key] for key in missing})
+        return {key: self._cache[keys[key]] for key in chosen}
 
     def _redraw(self):
         self._check()
         start = (self.start_x.value, self.start_y.value)
         chosen = [key for key, box in self.optimizers.items() if box.value]
-        trajectories = [self._trajectory(key, start) for key in chosen]
-        self.trajectories = dict(zip(chosen, trajectories))
-        ax_toy, ax_loss = self.axes
-        if self._background_key != (self.problem.value, tuple(chosen)):
-            self._draw_background(chosen)
-        for artist in self._artists:
-            artist.remove()
-        self._artists = draw_trajectories(ax_toy, trajectories)
-        _remove_lines(ax_loss)
-        plot_losses(trajectories, ax_loss, legend=False)
-        ax_loss.set_title(self._settings(), fontsize="small")
+        self.trajectories = self._run(chosen, start)
+        warning = self._scale_warning(start) if "series_sfn" in chosen else None
+        toy_plot, loss_plot = self.plots
+        if self._drawn_problem != self.problem.value:
+            self._draw_problem()
+        scale = loss_scale([t.losses for t in self.trajectories.values()])
+        loss_plot.y_axis.label = _LOSS_AXES[scale]
+        for key in OPTIMIZERS:
+            run = self.trajectories.get(key)
+            toy_plot.show(key, *((run.points[:, 0], run.points[:, 1]) if run else ()))
+            loss_plot.show(key, *((np.arange(len(run.losses)), _shown_loss(run.losses, scale))
+                                  if run else ()))
+        toy_plot.show("start", *([[x] for x in start] if chosen else ()))
+        loss_plot.figure.title = self._settings()
         self.readout.value = "<br>".join(
             f"<b>{html.escape(t.label)}</b>: θ = ({t.final_point[0]:.4g}, "
             f"{t.final_point[1]:.4g}), f = {t.final_loss:.4g}"
             + (f" — {html.escape(t.stopped.split(':')[0])}" if t.stopped else "")
-            for t in trajectories
+            for t in self.trajectories.values()
         ) or "no optimiser chosen"
-        return self._scale_warning(start) if "series_sfn" in chosen else None
+        return warning
 
-    def _draw_background(self, chosen):
-        """Draw what stays while only the trajectories change, and keep it as pixels.
+    def _draw_problem(self):
+        """What changes only with the problem: the contours (an image), the axes' ranges,
+        the critical points and the title."""
+        toy, (toy_plot, _) = get_toy(self.problem.value), self.plots
+        (x0, x1), (y0, y1) = toy.box
+        with self._background.hold_sync():
+            self._background.image.value = _contour_png(toy)
+            self._background.x, self._background.y = [x0, x1], [y0, y1]
+        toy_plot.x.min, toy_plot.x.max, toy_plot.y.min, toy_plot.y.max = x0, x1, y0, y1
+        for kind in CRITICAL_STYLES:
+            points = np.array([c.point for c in toy.critical_points if c.kind == kind])
+            toy_plot.show(kind, *((points[:, 0], points[:, 1]) if len(points) else ()))
+        toy_plot.figure.title = f"{toy.name}: f = {toy.formula}"
+        self._drawn_problem = toy.key
 
-        The contours, critical points, axes and a legend of the chosen optimisers (by their
-        colours) take most of the drawing time; they change only with the problem or the
-        choice of optimisers. The loss panel is hidden meanwhile: it is redrawn every time.
-        """
-        ax_toy, ax_loss = self.axes
-        ax_toy.clear()
-        self._artists = []
-        draw_toy(ax_toy, self.problem.value)
-        handles = ax_toy.get_legend_handles_labels()[0] + [
-            Line2D([], [], color=OPTIMIZER_COLORS[key], marker="o", ms=3,
-                   label=OPTIMIZERS[key].label)
-            for key in chosen
-        ] + [Line2D([], [], marker="*", ms=10, color="gold", mec="black", ls="", label="start")]
-        ax_toy.legend(handles=handles, fontsize="x-small", loc="upper right", framealpha=0.8)
-        ax_loss.set_visible(False)
-        self._canvas.draw()
-        ax_loss.set_visible(True)
-        self._background = self._canvas.copy_from_bbox(self.figure.bbox)
-        self._background_key = (self.problem.value, tuple(chosen))
-
-    def _render(self):
-        """Restore the background, then draw the trajectories and the whole loss panel."""
-        self._canvas.restore_region(self._background)
-        for artist in self._artists:
-            self.axes[0].draw_artist(artist)
-        self.axes[1].draw(self._canvas.get_renderer())
+    def _static_figure(self) -> Figure:
+        figure = Figure(figsize=(10, 4.2), layout="constrained")
+        ax_toy, ax_loss = figure.subplots(1, 2)
+        runs = list(self.trajectories.values())
+        plot_toy(self.problem.value, runs, ax_toy)
+        plot_losses(runs, ax_loss)
+        ax_loss.set_title(self._settings(), fontsize="small")
+        return figure
 
     def _scale_warning(self, start) -> str | None:
         limit = series_scale_limit(self.problem.value, start)
@@ -409,7 +535,8 @@ class FilterExplorer(_Panel):
     ``K ≥ 2r + 1``) and ``kind`` (``"damped"``: target ``1/(|h| + λ)``; ``"quasi-damped"``:
     ``(h² + λ)^(-½)``). The readout gives the largest relative error over
     ``√(2V)/10 ≤ |h| ≤ √(2V)`` (:func:`~sfn_teach.plots.max_filter_error`), also kept as
-    the number ``max_error``.
+    the number ``max_error``. The curves are :func:`~sfn_teach.plots.filter_curve`'s and
+    :func:`~sfn_teach.plots.filter_error_curve`'s; dashed lines mark ``|h| = √(2V)``.
 
     The scalar filter ``φ_K`` has no Wynn acceleration (the ε-algorithm works on vectors):
     for ``r ≥ 1`` the curves are the accelerated series on ``H = diag(h)``, ``g = 1``, with
@@ -423,36 +550,68 @@ class FilterExplorer(_Panel):
         damping: float = 0.0,
         acceleration_order: int = 0,
         kind: str = "damped",
-        dpi: int = 72,
     ):
-        super().__init__(dpi, num_terms, 200, damping, scale, 4, acceleration_order)
+        plots = (LivePlot("eigenvalue h", "multiplier of the component along q"),
+                 LivePlot("|h|", "relative error of the filter", bqplot.LogScale(),
+                          bqplot.LogScale(min=1e-16, max=1e3)))
+        super().__init__(plots, num_terms, 200, damping, scale, 4, acceleration_order)
         self.kind = widgets.Dropdown(options=KINDS, value=kind, description="kind")
-        self.widget = widgets.VBox([
+        for plot in plots:
+            plot.curve("filter", colors=[to_hex("tab:blue")], stroke_width=1.5,
+                       labels=["φ_K"], display_legend=True)
+            plot.curve("limit", colors=["black"], stroke_width=1, line_style="dashed",
+                       labels=["|h| = √(2V)"], display_legend=True)
+        plots[0].curve("target", colors=["#555555"], stroke_width=1, labels=["target"],
+                       display_legend=True)
+        plots[0].curve("-limit", colors=["black"], stroke_width=1, line_style="dashed")
+        self.widget = self._box(
             widgets.HBox([self.num_terms, self.acceleration_order, self.scale, self.kind]),
             self.damping.box,
-            self.message,
-            self.image,
-            self.readout,
-        ])
-        self.widget.add_class("sfn-panel")
+        )
         self._observe(self.num_terms, self.damping.text, self.scale, self.acceleration_order,
                       self.kind)
         self.update()
 
+    def _settings(self):
+        return (self.num_terms.value, self.scale.value, self.damping.value, self.kind.value)
+
     def _redraw(self):
-        terms, order = self.num_terms.value, self.acceleration_order.value
-        damping, scale, kind = self.damping.value, self.scale.value, self.kind.value
+        (terms, scale, damping, kind), order = self._settings(), self.acceleration_order.value
         _check_damping(damping)
         _check_order(terms, order)
-        self.max_error = max_filter_error(terms, scale, damping, kind, order)
-        for ax in self.axes:
-            _remove_lines(ax)
-        plot_spectral_filter(terms, scale, damping, kind, ax=self.axes[0],
-                             acceleration_order=order)
-        plot_filter_error(terms, scale, damping, kind, ax=self.axes[1], acceleration_order=order)
+        max_error = max_filter_error(terms, scale, damping, kind, order)
+        h, phi, target, top = filter_curve(terms, scale, damping, kind,
+                                           acceleration_order=order)
+        magnitude, error = filter_error_curve(terms, scale, damping, kind,
+                                              acceleration_order=order)
+        self.max_error = max_error
+        filter_plot, error_plot = self.plots
         limit = convergence_limit(scale)
+        filter_plot.x.min, filter_plot.x.max = float(h[0]), float(h[-1])
+        filter_plot.y.min, filter_plot.y.max = -0.15 * top, 1.25 * top
+        filter_plot.show("filter", h, phi)
+        filter_plot.show("target", h, np.clip(target, None, 10 * top))
+        error_plot.x.min, error_plot.x.max = float(magnitude[0]), float(magnitude[-1])
+        error_plot.show("filter", magnitude, error)
+        for plot, sign, low, high in [(filter_plot, 1, -0.15 * top, 1.25 * top),
+                                      (filter_plot, -1, -0.15 * top, 1.25 * top),
+                                      (error_plot, 1, 1e-16, 1e3)]:
+            plot.show("limit" if sign > 0 else "-limit", [sign * limit] * 2, [low, high])
+        label = ("φ_K" if order == 0 else "φ_K with Wynn ε") + f", K = {terms}"
+        for plot in self.plots:
+            plot.curves["filter"].labels = [label + (f", r = {order}" if order else "")]
+        filter_plot.figure.title = f"spectral filter: V = {scale:g}, λ = {damping:g} ({kind})"
+        error_plot.figure.title = f"filter error: V = {scale:g}, λ = {damping:g} ({kind})"
         self.readout.value = (
             f"K = {terms}, r = {order}: max relative error over {limit / 10:.3g} ≤ |h| ≤ "
-            f"√(2V) = {limit:.3g}: <b>{self.max_error:.3g}</b>"
+            f"√(2V) = {limit:.3g}: <b>{max_error:.3g}</b>"
         )
         return None
+
+    def _static_figure(self) -> Figure:
+        (terms, scale, damping, kind), order = self._settings(), self.acceleration_order.value
+        figure = Figure(figsize=(10, 4.2), layout="constrained")
+        ax_filter, ax_error = figure.subplots(1, 2)
+        plot_spectral_filter(terms, scale, damping, kind, ax=ax_filter, acceleration_order=order)
+        plot_filter_error(terms, scale, damping, kind, ax=ax_error, acceleration_order=order)
+        return figure

@@ -46,7 +46,8 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
 def test_runtime_dependencies_are_the_documented_ones():
     names = {re.split(r"[<>=\[ ;]", r)[0] for r in pyproject()["project"]["dependencies"]}
     assert names == {
-        "torch", "numpy", "matplotlib", "ipywidgets", "jupyterlab", "jupytext", "tqdm", "tomli"
+        "torch", "numpy", "matplotlib", "ipywidgets", "bqplot", "jupyterlab", "jupytext", "tqdm",
+        "tomli",
     }
 
 

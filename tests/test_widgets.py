@@ -1,17 +1,16 @@
 """The widget panels, driven by setting control values in code as a browser would."""
 
+import base64
 import math
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
 
-from sfn_teach.plots import max_filter_error
-from sfn_teach.toys import TOYS, run_trajectory, series_scale_limit
+from sfn_teach.plots import filter_curve, filter_error_curve, max_filter_error
+from sfn_teach.toys import OPTIMIZERS, TOYS, run_trajectories, run_trajectory, series_scale_limit
 from sfn_teach.widgets import DampingControl, FilterExplorer, SaddleExplorer
 
-matplotlib.use("Agg")
 torch.set_num_threads(1)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -23,13 +22,16 @@ def explorer():
                           num_terms=3)
 
 
-def png(panel):
-    return bytes(panel.image.value)
+def shown(panel):
+    """What the browser is told to draw: every visible curve's data, by plot and name."""
+    return {(index, name): (np.array(curve.x), np.array(curve.y))
+            for index, plot in enumerate(panel.plots)
+            for name, curve in plot.curves.items() if curve.visible}
 
 
-def rendered(panel):
-    """The pixels of the panel's canvas as last drawn."""
-    return np.asarray(panel._canvas.buffer_rgba()).copy()
+def same_drawing(a, b) -> bool:
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[k][0], b[k][0]) and np.array_equal(a[k][1], b[k][1]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,50 +40,86 @@ def rendered(panel):
 
 
 def test_saddle_explorer_starts_with_a_figure_and_a_readout(explorer):
-    assert png(explorer).startswith(PNG_SIGNATURE)
     assert explorer.message.value == ""
     assert set(explorer.trajectories) == {"gd", "newton", "series_sfn"}
     for label in ("gradient descent", "Newton", "series SFN"):
         assert label in explorer.readout.value
-    assert explorer.widget.children and explorer.image in explorer.widget.children
+    assert explorer.figure_box in explorer.widget.children
+    assert {name for plot, name in shown(explorer) if plot == 1} == {"gd", "newton", "series_sfn"}
+    assert bytes(explorer._background.image.value).startswith(PNG_SIGNATURE)
 
 
-def test_moving_K_moves_the_series_trajectory_to_the_runners_result(explorer):
-    before, image = explorer.trajectories["series_sfn"].final_point, png(explorer)
+def test_the_plots_show_the_trajectories_and_losses(explorer):
+    drawn = shown(explorer)
+    for key, run in explorer.trajectories.items():
+        np.testing.assert_array_equal(drawn[0, key][0], run.points[:, 0])
+        np.testing.assert_array_equal(drawn[0, key][1], run.points[:, 1])
+        np.testing.assert_array_equal(drawn[1, key][0], np.arange(len(run.losses)))
+    # the paper's toy is unbounded below: the loss axis is sign(f)·log10(1 + |f|)
+    assert explorer.plots[1].y_axis.label.startswith("sign(f)")
+    losses = explorer.trajectories["newton"].losses
+    np.testing.assert_allclose(drawn[1, "newton"][1],
+                               np.sign(losses) * np.log10(1 + np.abs(losses)), rtol=1e-15)
+    np.testing.assert_array_equal(drawn[0, "start"][0], [TOYS["paper"].start[0]])
+    np.testing.assert_array_equal(drawn[0, "saddle"][0], [0.0])
+
+
+def test_moving_K_moves_the_series_trajectory_to_the_optimizers(explorer):
+    before, drawing = explorer.trajectories["series_sfn"].final_point, shown(explorer)
     gd = explorer.trajectories["gd"]
     explorer.num_terms.value = 12
     after = explorer.trajectories["series_sfn"]
     reference = run_trajectory("paper", TOYS["paper"].start, "series_sfn", 8, num_terms=12,
                                damping=0.0, scale=25.0, acceleration_order=0)
-    np.testing.assert_array_equal(after.points, reference.points)
+    np.testing.assert_allclose(after.points, reference.points, rtol=1e-12, atol=1e-12)
     assert not np.allclose(after.final_point, before)
     assert explorer.trajectories["gd"] is gd  # from the cache: only the series re-ran
-    assert png(explorer) != image
-    assert "K = 12" in explorer.axes[1].get_title()
+    assert not same_drawing(shown(explorer), drawing)
+    np.testing.assert_array_equal(shown(explorer)[0, "series_sfn"][1], after.points[:, 1])
+    assert "K = 12" in explorer.figures[1].title
     assert f"{after.final_loss:.4g}" in explorer.readout.value
 
 
-def test_the_blitted_image_is_the_figure_drawn_from_scratch(explorer):
-    explorer.num_terms.value = 7
-    blitted = rendered(explorer)
-    for artist in explorer._artists:  # a full draw puts the legend above the lines
-        artist.set_zorder(10)
-    explorer._canvas.draw()
-    different = np.any(blitted != rendered(explorer), axis=-1)
-    assert different.mean() < 1e-3
+def test_the_explorer_draws_what_run_trajectories_computes_for_all_six():
+    panel = SaddleExplorer("rosenbrock", optimizers=tuple(OPTIMIZERS), steps=30, num_terms=7)
+    runs = run_trajectories("rosenbrock", TOYS["rosenbrock"].start, 30,
+                            {key: panel._hyperparameters(key) for key in OPTIMIZERS})
+    for key, run in runs.items():
+        np.testing.assert_array_equal(panel.trajectories[key].points, run.points)
+        np.testing.assert_array_equal(shown(panel)[0, key][0], run.points[:, 0])
+    assert panel.plots[1].y_axis.label == "log₁₀ f(θ_t)"
+
+
+def test_the_sliders_follow_the_mouse(explorer):
+    for slider in (explorer.num_terms, explorer.scale, explorer.acceleration_order,
+                   explorer.lr, explorer.steps, explorer.damping.slider):
+        assert slider.continuous_update, slider.description
+
+
+def test_displaying_a_panel_leaves_a_png_of_its_figure(explorer):
+    bundle = explorer.widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    image = base64.b64decode(bundle["image/png"])
+    assert image.startswith(PNG_SIGNATURE) and image == explorer.static_png()
+    figure = explorer._static_figure()
+    ax_toy, ax_loss = figure.axes
+    assert len(ax_loss.lines) == 3 and "K = 3" in ax_loss.get_title()
+    np.testing.assert_array_equal(ax_toy.lines[0].get_xdata(),
+                                  explorer.trajectories["gd"].points[:, 0])
+    explorer.num_terms.value = 9
+    assert base64.b64decode(explorer.widget._repr_mimebundle_()["image/png"]) != image
 
 
 def test_typed_negative_damping_is_refused_and_the_panel_keeps_working(explorer):
-    image, pixels = png(explorer), rendered(explorer)
+    drawing = shown(explorer)
     explorer.damping.text.value = -0.5
     assert "λ must be a finite number ≥ 0" in explorer.message.value
     assert "-0.5" in explorer.message.value
-    assert png(explorer) == image
-    np.testing.assert_array_equal(rendered(explorer), pixels)
+    assert same_drawing(shown(explorer), drawing)
     explorer.damping.text.value = 0.5
     assert explorer.message.value == ""
     assert explorer.trajectories["newton"].hyperparameters["damping"] == 0.5
-    assert png(explorer) != image
+    assert not same_drawing(shown(explorer), drawing)
 
 
 def test_scale_below_the_limit_warns_but_still_runs(explorer):
@@ -95,10 +133,10 @@ def test_scale_below_the_limit_warns_but_still_runs(explorer):
 
 
 def test_acceleration_order_too_large_for_K_shows_a_message(explorer):
-    image = png(explorer)
+    drawing = shown(explorer)
     explorer.acceleration_order.value = 2  # needs K ≥ 5, K is 3
     assert "needs K ≥ 2r + 1 = 5" in explorer.message.value
-    assert png(explorer) == image
+    assert same_drawing(shown(explorer), drawing)
     explorer.num_terms.value = 5
     assert explorer.message.value == ""
     assert explorer.trajectories["series_sfn"].hyperparameters["acceleration_order"] == 2
@@ -120,7 +158,10 @@ def test_choosing_a_problem_resets_start_scale_and_lr():
     assert panel.scale.value == toy.scale and panel.lr.value == toy.lr
     np.testing.assert_array_equal(panel.trajectories["gd"].points[0], toy.start)
     assert panel.trajectories["gd"].hyperparameters["lr"] == toy.lr
-    assert toy.name in panel.axes[0].get_title()
+    assert toy.name in panel.figures[0].title
+    (x0, x1), _ = toy.box
+    assert (panel.plots[0].x.min, panel.plots[0].x.max) == (x0, x1)
+    assert list(panel._background.x) == [x0, x1]
 
 
 def test_optimiser_checkboxes_choose_the_trajectories(explorer):
@@ -129,6 +170,7 @@ def test_optimiser_checkboxes_choose_the_trajectories(explorer):
     for box in explorer.optimizers.values():
         box.value = False
     assert explorer.readout.value == "no optimiser chosen"
+    assert {name for _, name in shown(explorer)} == {"saddle"}  # the critical point only
 
 
 def test_diverged_runs_say_so_in_the_readout():
@@ -182,7 +224,7 @@ def test_the_saddle_explorer_shows_the_damping_it_uses(explorer):
     assert shown_damping(control) == pytest.approx(used()) == pytest.approx(0.01)
     control.zero.value = True
     assert shown_damping(control) == used() == 0.0
-    assert "λ = 0," in explorer.axes[1].get_title()
+    assert "λ = 0," in explorer.figures[1].title
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,24 +234,27 @@ def test_the_saddle_explorer_shows_the_damping_it_uses(explorer):
 
 def test_filter_curve_approaches_the_target_as_K_grows():
     panel = FilterExplorer(num_terms=3, scale=25.0)
-    errors, images = [panel.max_error], [png(panel)]
+    errors = [panel.max_error]
     for terms in (10, 40, 150):
         panel.num_terms.value = terms
         assert panel.max_error == pytest.approx(max_filter_error(terms, 25.0), rel=1e-12)
         assert f"{panel.max_error:.3g}" in panel.readout.value
         errors.append(panel.max_error)
-        images.append(png(panel))
+        h, phi, _, _ = filter_curve(terms, 25.0)
+        np.testing.assert_array_equal(shown(panel)[0, "filter"][1], phi)
+        magnitude, error = filter_error_curve(terms, 25.0)
+        np.testing.assert_array_equal(shown(panel)[1, "filter"][1], error)
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.05
-    assert len(set(images)) == 4
-    assert panel.axes[0].lines[0].get_label().endswith("K = 150")
+    assert panel.plots[0].curves["filter"].labels[0].endswith("K = 150")
+    np.testing.assert_array_equal(shown(panel)[0, "limit"][0], [math.sqrt(50)] * 2)
 
 
 def test_filter_explorer_controls_reach_the_figure():
     panel = FilterExplorer(num_terms=9, scale=25.0)
     panel.scale.value = 100.0
-    assert "V = 100" in panel.axes[0].get_title()
+    assert "V = 100" in panel.figures[0].title
     panel.kind.value = "quasi-damped"
-    assert "quasi-damped" in panel.axes[1].get_title()
+    assert "quasi-damped" in panel.figures[1].title
     panel.acceleration_order.value = 2
     assert "r = 2" in panel.readout.value
     assert panel.max_error == pytest.approx(
@@ -219,12 +264,21 @@ def test_filter_explorer_controls_reach_the_figure():
 
 def test_filter_explorer_refuses_bad_input_and_recovers():
     panel = FilterExplorer(num_terms=4)
-    image = png(panel)
+    drawing = shown(panel)
     panel.damping.text.value = -1.0
     assert "λ must be a finite number ≥ 0" in panel.message.value
-    assert png(panel) == image
+    assert same_drawing(shown(panel), drawing)
     panel.damping.text.value = 0.0
     panel.acceleration_order.value = 3
     assert "needs K ≥ 2r + 1 = 7" in panel.message.value
     panel.num_terms.value = 7
-    assert panel.message.value == "" and png(panel) != image
+    assert panel.message.value == "" and not same_drawing(shown(panel), drawing)
+
+
+def test_filter_explorer_leaves_a_png_of_its_figure():
+    panel = FilterExplorer(num_terms=6, scale=16.0)
+    image = base64.b64decode(panel.widget._repr_mimebundle_()["image/png"])
+    assert image.startswith(PNG_SIGNATURE)
+    ax_filter, ax_error = panel._static_figure().axes
+    np.testing.assert_array_equal(ax_filter.lines[0].get_ydata(), filter_curve(6, 16.0)[1])
+    assert "V = 16" in ax_error.get_title()
