@@ -159,7 +159,8 @@ class StepStats(Mapping):
     ``allreduce_seconds`` (every all-reduce of the step).
 
     It is also a read-only mapping over its fields, so ``stats["scale"]``, ``stats.get(...)``,
-    ``dict(stats)`` and ``==`` (with another mapping) work as for a dict.
+    ``dict(stats)`` and ``==`` (with another mapping) work as for a dict. ``StepStats()``, all
+    defaults, stands for "no step yet".
     """
 
     step: int | None = None
@@ -188,7 +189,7 @@ class StepStats(Mapping):
     allreduce_seconds: float | None = None
 
     def __getitem__(self, name):
-        if name not in self.__dataclass_fields__:
+        if name not in self.__dataclass_fields__:  # the fields by name, as dataclasses keep them
             raise KeyError(name)
         return getattr(self, name)
 
@@ -251,12 +252,12 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
 
     def __init__(self, params, defaults, process_group=None):
         self._check_hyperparameters(defaults)
-        super().__init__(params, defaults)
         if process_group is not None and self.data_parallel is None:
             raise RuntimeError(
                 "process_group needs CurvatureOptimizer.data_parallel: import "
                 "sfn_teach.distributed, which sets it to RankAveragedOperator"
             )
+        super().__init__(params, defaults)
         self.process_group = process_group
         tensors = [p for group in self.param_groups for p in group["params"]]
         kinds = {(p.dtype, p.device) for p in tensors}
@@ -327,6 +328,19 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
         for p, piece in zip(params, unflatten(flat, params)):
             p.add_(piece)
 
+    @staticmethod
+    @torch.no_grad()
+    def _copy_to_params(params, tensors):
+        for p, saved in zip(params, tensors):
+            p.copy_(saved)
+
+    @staticmethod
+    @torch.no_grad()
+    def _loss_now(closure, operator):
+        """The closure's loss at the current ``θ`` (a forward pass), averaged over the ranks."""
+        value = torch.as_tensor(closure()).detach().reshape(1).to(operator.grad)
+        return float(operator.mean(value)[0])
+
     def _operator(self, closure, params, hp):
         """The curvature operator of this step: loss, flat gradient and ``v ↦ Hv`` on one batch
         (data-parallel: averaged over the ranks, :attr:`data_parallel`)."""
@@ -371,13 +385,9 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
         self._add_to_params(params, -proposal.update)
         rho = None
         if adapt_damping:
-            with torch.no_grad():
-                value = torch.as_tensor(closure()).detach().reshape(1).to(operator.grad)
-                new_loss = float(operator.mean(value)[0])
+            new_loss = self._loss_now(closure, operator)
             if not math.isfinite(new_loss):
-                with torch.no_grad():
-                    for p, saved in zip(params, theta):
-                        p.copy_(saved)  # exactly θ_t again
+                self._copy_to_params(params, theta)  # exactly θ_t again
                 return self._skip("loss after the step", operator, state, hp, num_forward=1,
                                   **diagnostics)
             rho = (new_loss - float(operator.loss)) / proposal.model_decrease
