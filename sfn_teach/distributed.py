@@ -138,10 +138,12 @@ class RankAveragedOperator(CurvatureOperator):
 
     @property
     def bytes_reduced(self) -> int:
+        """The bytes of every tensor this operator has all-reduced."""
         return self._ranks.bytes_reduced
 
     @property
     def seconds_reducing(self) -> float:
+        """The seconds spent in its all-reduces (waiting for the slowest rank included)."""
         return self._ranks.seconds_reducing
 
     def _product(self, v: torch.Tensor) -> torch.Tensor:

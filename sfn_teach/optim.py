@@ -80,8 +80,9 @@ class SeriesSFN(CurvatureOptimizer):
         damping: ``λ₀ ≥ 0`` (in units of eigenvalues of ``H``).
         scale: ``V > 0`` for ``"fixed"``, ``V₀`` for ``"lower_bound"``; unused by ``"ritz"``
             and ``"power"``.
-        scale_rule: how ``V`` is chosen each step (the series converges where ``h² ≤ 2V``, and
-            resolves eigenvalues down to about ``√(V/K)`` only, see below):
+        scale_rule: how ``V`` is chosen each step (:mod:`sfn_teach.scale`; the series
+            converges where ``h² ≤ 2V``, and resolves eigenvalues down to about ``√(V/K)``
+            only, see below):
 
             - ``"ritz"`` (default): ``V = (κ λ̂_max)²`` with ``κ = scale_safety`` and ``λ̂_max²``
               the smallest of the largest Ritz values of ``H²`` of the last three steps' series
@@ -101,7 +102,7 @@ class SeriesSFN(CurvatureOptimizer):
             - ``"power"``: ``V = (κ ĥ_max)²`` from ``power_iterations`` power iterations every
               step, warm-started (costs those products).
             - ``"fixed"``: ``V = scale``.
-        adaptive: the paper's adaptive ``(α, μ)`` (see the module docstring).
+        adaptive: the paper's adaptive ``(α, μ)`` (see :mod:`sfn_teach.update`).
         damping_factor: ``ω ∈ (0, 1)`` switches Levenberg–Marquardt damping on (one extra
             forward pass per step); ``None`` keeps ``λ`` fixed.
         damping_min, damping_max: the clip range of ``λ``.
@@ -120,7 +121,8 @@ class SeriesSFN(CurvatureOptimizer):
         process_group: data parallelism (``torch.distributed`` initialised, the batch split in
             equal shards over the ranks, the closure evaluating this rank's shard): the loss,
             the gradient, every HVP and the re-evaluated loss are averaged over the group's
-            ranks (:mod:`sfn_teach.distributed`), so every rank takes the same step as one
+            ranks (:class:`sfn_teach.distributed.RankAveragedOperator`, which importing
+            :mod:`sfn_teach.distributed` plugs in), so every rank takes the same step as one
             process on the whole batch. ``stats`` then report ``allreduce_bytes`` and
             ``allreduce_seconds`` per step. ``None``: one process.
 
