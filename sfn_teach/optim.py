@@ -212,8 +212,8 @@ class SeriesSFN(CurvatureOptimizer):
             if not (result.diverging and may_retry):
                 break
             scale_products += result.num_hvps - 2  # H²g is reused: it does not depend on V
-            state["scale"] = grown_scale(state["scale"], float(result.ritz_values[-1]),
-                                         hp["scale_safety"])
+            largest = float(result.ritz_values[-1]) if len(result.ritz_values) else 0.0
+            state["scale"] = grown_scale(state["scale"], largest, hp["scale_safety"])
             square_of_grad = result.square_of_grad
             retries += 1
         if result.diverging:

@@ -250,3 +250,25 @@ def test_the_warning_fires_on_the_papers_settings_and_not_on_the_default(digits)
     assert len(fired) == 1 and "learning rate ≈ 2√(K/(πV))" in fired[0]  # once per run
     assert "× λ̂_max²" in fired[0] and GRADIENT_DESCENT_RATIO == 100.0
     assert warnings_of() == []
+
+
+def test_a_series_diverging_before_any_ritz_value_doubles_v_and_leaves_theta_finite():
+    """The spectrum jumps to 1e100: ‖H²g‖² overflows, so the series has no moments to estimate
+    λ_max from and each retry doubles V; the step ends diverged, θ untouched and finite."""
+    scale = {"h": 1.0}
+    theta = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+
+    def loss():
+        hessian = torch.diag(torch.tensor([scale["h"], 1.0, -2.0], dtype=torch.float64))
+        return 0.5 * theta @ hessian @ theta
+
+    optimizer = SeriesSFN([theta], num_terms=6, damping=1e-3, lr=0.1)
+    optimizer.step(loss)
+    before, v = theta.detach().clone(), optimizer.stats["scale"]
+    scale["h"] = 1e100
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        optimizer.step(loss)
+    assert optimizer.stats["diverging"] and optimizer.stats["scale_retries"] == 3
+    assert optimizer.stats["scale"] == pytest.approx(8 * v)
+    assert optimizer.stats["skipped"] and torch.equal(theta.detach(), before)

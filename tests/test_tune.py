@@ -297,6 +297,10 @@ def test_local_tuning_stops_trials_early_resumes_and_reruns_the_best(tmp_path):
     for folder, records in finished.items():
         assert after[folder] == records  # untouched
     for folder, records in before.items():  # interrupted ones went on from their checkpoint
+        if records and records[-1]["wall_clock"] >= 2.0:
+            # a record at the time budget that Ray Tune had not checkpointed when the Ctrl-C
+            # came is made again; the step where a clock runs out is not reproducible
+            records = records[:-1]
         assert without_timing(after[folder][: len(records)]) == without_timing(records)
     trials = json.loads((out / "trials.json").read_text())
     assert [sum(t["optimizer"] == spec["name"] for t in trials)
