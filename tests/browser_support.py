@@ -504,12 +504,21 @@ class PanelState:
     figure_width: int
 
 
-_FIGURE_DIGEST = """async (image) => {
-    if (!image.src || !image.naturalWidth) return ["", 0];
-    const bytes = await (await fetch(image.src)).arrayBuffer();
+_FIGURE_DIGEST = """async (figure) => {
+    let bytes, width;
+    if (figure.tagName === "IMG") {  // a PNG in an ipywidgets.Image
+        if (!figure.src || !figure.naturalWidth) return ["", 0];
+        bytes = await (await fetch(figure.src)).arrayBuffer();
+        width = figure.naturalWidth;
+    } else {  // plots drawn in the browser (bqplot): their SVG
+        const marks = Array.from(figure.querySelectorAll("svg"), m => m.outerHTML);
+        if (!marks.length) return ["", 0];
+        bytes = new TextEncoder().encode(marks.join("\\n"));
+        width = Math.round(figure.getBoundingClientRect().width);
+    }
     const digest = await crypto.subtle.digest("SHA-256", bytes);
     return [Array.from(new Uint8Array(digest), b => b.toString(16).padStart(2, "0")).join(""),
-            image.naturalWidth];
+            width];
 }"""
 
 
@@ -520,7 +529,8 @@ def explorer_panels(notebook: OpenNotebook) -> list:
 
 
 def figure_digest(panel) -> tuple[str, int]:
-    """SHA-256 of the PNG the panel's figure (``.sfn-figure``) shows, and its width."""
+    """SHA-256 of what the panel's figure (``.sfn-figure``) shows, and its width in pixels:
+    of the PNG of an image, or of the SVG of the marks of plots drawn in the browser."""
     figure, width = panel.locator(".sfn-figure").evaluate(_FIGURE_DIGEST)
     return figure, width
 
@@ -550,6 +560,19 @@ def press_arrow_right_on_k_slider(panel, times: int):
     handle.focus()
     for _ in range(times):
         handle.press("ArrowRight")
+
+
+def drag_k_slider(page, panel, pixels: int, moves: int):
+    """Press the mouse on the K slider's handle and move it ``pixels`` to the right in
+    ``moves`` steps (a pause after each, as a hand moves), without releasing it: the caller
+    calls ``page.mouse.up()``."""
+    box = panel.locator(".sfn-k-slider .noUi-handle").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for move in range(1, moves + 1):
+        page.mouse.move(x + pixels * move / moves, y, steps=4)
+        time.sleep(0.2)
 
 
 def type_damping(panel, text: str):

@@ -45,6 +45,7 @@ from browser_support import (
     WIDGET_TIMEOUT_S,
     OpenNotebook,
     assert_no_errors_shown,
+    drag_k_slider,
     explorer_panels,
     figure_digest,
     file_browser,
@@ -54,6 +55,7 @@ from browser_support import (
     kernel_process,
     lab_options,
     open_notebook,
+    panel_state,
     press_arrow_right_on_k_slider,
     processes_with_marker,
     require_chromium,
@@ -186,6 +188,33 @@ def test_notebook_runs_and_its_explorer_panels_answer(lab, page, name):
         exercise_explorer_panel(notebook, panel)
         scroll_to_centre(panel)
         save_screenshot(page, f"{name}--panel-{index}")
+    assert_no_errors_shown(notebook)
+
+
+def test_the_saddle_explorer_follows_a_dragged_slider(lab, page):
+    """Mouse down on K's handle, move in steps: the figure changes before the mouse is up."""
+    notebook = open_notebook(page, lab, "02_saddles_in_2d.ipynb")
+    run_all_cells(notebook)
+    wait_for_all_cells_to_run(notebook)
+    panel = explorer_panels(notebook)[0]
+    scroll_to_centre(panel)
+    start = wait_for_panel(notebook, panel, lambda s: s.figure_width and not s.message,
+                           "the saddle explorer to show its figure")
+    k = k_slider_value(panel)
+    drag_k_slider(page, panel, pixels=120, moves=8)
+    try:
+        moved = wait_for(lambda: (state := panel_state(panel)).figure != start.figure and state,
+                         WIDGET_TIMEOUT_S, "the figure to change while K's handle is held",
+                         fail=notebook.fail)
+        k_during = k_slider_value(panel)
+        save_screenshot(page, "02_saddles_in_2d--dragging-k")
+    finally:
+        page.mouse.up()
+    assert k_during > k, f"dragging K's handle right did not raise K = {k} (shows {k_during})"
+    assert moved.readout, "the readout went blank during the drag"
+    released = wait_for_panel(notebook, panel, lambda s: not s.message,
+                              "the panel to settle after the mouse was released")
+    assert k_slider_value(panel) >= k_during and released.figure != start.figure
     assert_no_errors_shown(notebook)
 
 
