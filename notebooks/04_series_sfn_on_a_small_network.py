@@ -525,4 +525,5 @@ exercises.check_terms_needed(0.01, 1.0, my_terms)
 # * A fair comparison tunes every optimiser under the same budget: ASHA spends it on the
 #   configurations that look best at each rung of training time.
 #
-# Next: **05 · ResNet-18 on CIFAR-10** — the paper's headline experiment, on a GPU.
+# Next: **05 · Plateaus in real networks** — where a saddle stalls gradient descent, and
+# where it does not.

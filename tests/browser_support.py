@@ -105,7 +105,7 @@ def free_port() -> int:
 
 def copy_notebooks(destination: Path) -> Path:
     """A throwaway copy of the repository's layout: ``jupytext.toml``, ``benchmarks/`` (the
-    configs notebooks 04 and 05 read) and ``notebooks/``.
+    configs notebooks 04 and 06 read) and ``notebooks/``.
 
     Each ``.py`` is written after its ``.ipynb`` (jupytext refuses a pair whose ``.ipynb`` is
     newer than its text file). Returns the copy of ``notebooks/``, the server's root.

@@ -79,7 +79,7 @@ pytestmark = pytest.mark.browser
 #: the notebooks whose explorer panels are driven
 EXPLORER_NOTEBOOKS = ["02_saddles_in_2d", "03_series_for_the_absolute_inverse"]
 #: the notebooks whose benchmark panel is driven (K changed, Run pressed, a bad λ refused)
-BENCHMARK_NOTEBOOKS = ["04_series_sfn_on_a_small_network", "05_resnet18_cifar10"]
+BENCHMARK_NOTEBOOKS = ["04_series_sfn_on_a_small_network", "06_resnet18_cifar10"]
 ALL_NOTEBOOKS = sorted(path.stem for path in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 FIRST_NOTEBOOK = ALL_NOTEBOOKS[0]
 #: every server started in this session carries MARKER_VARIABLE=<this tag>:<its own id>

@@ -16,7 +16,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · ResNet-18 on CIFAR-10
+# # 06 · ResNet-18 on CIFAR-10
 #
 # The paper's headline experiment: a CIFAR ResNet-18 (11 million parameters) trained on
 # CIFAR-10 by series SFN — adaptive, and damped with fixed step sizes — against SGD and Adam,
@@ -49,7 +49,7 @@ USE_GENERATED_DATA = False  # True: a full-size generated archive instead of dow
 RUN_ON_OPEN = None  # run the benchmark when the notebook runs (None: only the CPU smoke run)
 SPECTRUM_WIDTH = 4 if FAST else 8  # ResNet-18 width for λ_max at initialisation (64: the full one)
 SPECTRUM_BATCH = 64 if FAST else 128
-OUT_DIR = "../runs/notebook05"  # git-ignored; pressing Run again resumes an interrupted run
+OUT_DIR = "../runs/notebook06"  # git-ignored; pressing Run again resumes an interrupted run
 
 # %%
 import sfn_teach.cpu  # first, before torch starts: how its CPU threads wait
@@ -214,7 +214,7 @@ plt.show()
 #
 # * $K$, $r$ and $\lambda$ apply to both SeriesSFN variants; the batch size (0 keeps the
 #   paper's: 3,200 for SGD and the series, 800 for Adam) to all.
-# * Every distinct setting runs in its own folder under `runs/notebook05`; pressing **Run**
+# * Every distinct setting runs in its own folder under `runs/notebook06`; pressing **Run**
 #   again with the same settings **resumes** an interrupted run from its last checkpoint
 #   (or shows a finished one). Interrupt the kernel to stop a run.
 # * On a GPU node the same run works from the command line, e.g.
