@@ -1,29 +1,54 @@
-"""Matplotlib figures for the notebooks: toys and trajectories, the spectral filter, convergence.
+"""Matplotlib figures for the notebooks: toys and trajectories, losses, eigen-directions.
 
-Every ``plot_*`` function draws into ``ax`` (or ``axes``) when given and otherwise makes a new
+Every ``plot_*`` function draws into ``ax`` when given and otherwise makes a new
 :class:`matplotlib.figure.Figure` (not registered with pyplot, so nothing is shown twice and
 nothing leaks); it returns ``(fig, ax)`` so that a test can inspect the artists. Nothing here
 calls ``plt.show``. The notation is that of docs/method.md: ``H`` with eigenvalues ``h``,
 ``K`` terms, scale ``V``, damping ``λ``, Wynn order ``r``.
 
 The functions that compute what a figure shows are public too (:func:`toy_grid`,
-:func:`filter_relative_error`, :func:`max_filter_error`, :func:`direction_convergence`), so
-that a notebook or a widget can print the numbers behind a picture.
+:func:`contour_levels`, :func:`loss_scale`, :func:`stop_reason`), so that a notebook or a
+widget can print the numbers behind a picture. The figures of the series (its spectral filter
+and the convergence of its direction) are in :mod:`sfn_teach.series_plots`, the shared colours
+and helpers in :mod:`sfn_teach.plot_style`; both are re-exported here, so
+``from sfn_teach.plots import plot_spectral_filter`` keeps working.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from matplotlib import ticker
-from matplotlib.figure import Figure
 
-from .series import exact_sfn_direction, filter_target, sfn_direction, spectral_filter
+from .plot_style import (
+    CONTOUR_ALPHA,
+    CONTOUR_CMAP,
+    CRITICAL_STYLES,
+    EXTRA_COLORS,
+    NEGATIVE_CURVATURE_COLOR,
+    OPTIMIZER_COLORS,
+    POSITIVE_CURVATURE_COLOR,
+    figure_and_axes,
+    legend_below,
+    plain_numbers,
+)
+from .series_plots import (
+    convergence_limit,
+    direction_convergence,
+    filter_curve,
+    filter_error_curve,
+    filter_relative_error,
+    filter_values,
+    max_filter_error,
+    plot_direction_convergence,
+    plot_filter_error,
+    plot_filter_on_spectrum,
+    plot_spectral_filter,
+)
 from .toys import (
     Toy,
     Trajectory,
@@ -35,57 +60,15 @@ from .toys import (
     series_partial_sum_points,
 )
 
-#: one colour per optimiser, the same in every figure
-OPTIMIZER_COLORS = {
-    "gd": "tab:blue",
-    "momentum": "tab:cyan",
-    "adam": "tab:olive",
-    "newton": "tab:red",
-    "exact_sfn": "tab:green",
-    "series_sfn": "tab:purple",
-}
-
-#: colours for a second run of the same optimiser (none of them is an optimiser's)
-EXTRA_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:gray", "black")
-
-#: marker and colour of each kind of critical point
-CRITICAL_STYLES = {
-    "minimum": dict(marker="o", color="tab:green"),
-    "maximum": dict(marker="^", color="tab:red"),
-    "saddle": dict(marker="X", color="black"),
-    "monkey saddle": dict(marker="*", color="black"),
-}
-
-NEGATIVE_CURVATURE_COLOR, POSITIVE_CURVATURE_COLOR = "tab:red", "tab:blue"
-
-
-def _figure_and_axes(ax, figsize=(5.5, 4.5)):
-    """``(ax.figure, ax)``, or a new figure with one axes."""
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _as_int_list(name, values):
-    """``values`` (an int or a sequence of ints ≥ 1) as a list."""
-    values = [values] if isinstance(values, int) and not isinstance(values, bool) else values
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-        raise TypeError(f"{name} must be an int or a non-empty sequence of ints, got {values!r}")
-    return [_check_positive_int(name, value) for value in values]
-
-
-def _plain_numbers(axis):
-    """Plain tick labels (``1e+06``, ``-100``): cheaper to draw than mathtext, same meaning."""
-    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(ticker.NullFormatter())
-
+__all__ = [
+    "CONTOUR_ALPHA", "CONTOUR_CMAP", "CRITICAL_STYLES", "EXTRA_COLORS",
+    "NEGATIVE_CURVATURE_COLOR", "OPTIMIZER_COLORS", "POSITIVE_CURVATURE_COLOR",
+    "contour_levels", "convergence_limit", "direction_convergence", "draw_toy",
+    "draw_trajectories", "filter_curve", "filter_error_curve", "filter_relative_error",
+    "filter_values", "loss_scale", "max_filter_error", "plot_direction_convergence",
+    "plot_eigen_directions", "plot_filter_error", "plot_filter_on_spectrum", "plot_losses",
+    "plot_paper_toy_figure", "plot_spectral_filter", "plot_toy", "stop_reason", "toy_grid",
+]
 
 # --------------------------------------------------------------------------------------------
 # Toys and trajectories
@@ -120,24 +103,35 @@ def contour_levels(values: np.ndarray, count: int = 21) -> np.ndarray:
     return low + np.geomspace(span * 1e-4, span, count)
 
 
-def draw_toy(ax, toy: Toy | str, *, levels: int = 21, critical_points: bool = True):
-    """Draw the contours of ``f`` over ``toy.box`` and its critical points (marked by kind)."""
+def draw_toy(ax, toy: Toy | str, *, levels: int = 21, critical_points: bool = True,
+             colorbar: bool = True):
+    """Draw the filled contours of ``f`` over ``toy.box`` (levels: :func:`contour_levels`),
+    with a colour bar of ``f`` beside ``ax`` when ``colorbar``, and its critical points
+    (marked by kind, under any trajectory drawn later). Returns the filled contours."""
     toy = get_toy(toy)
     x, y, z = toy_grid(toy)
-    ax.contourf(x, y, z, levels=contour_levels(z, levels), cmap="RdBu_r", alpha=0.35)
-    ax.contour(x, y, z, levels=contour_levels(z, levels), colors="0.35", linewidths=0.5)
+    filled = ax.contourf(x, y, z, levels=contour_levels(z, levels), cmap=CONTOUR_CMAP,
+                         alpha=CONTOUR_ALPHA)
+    ax.contour(x, y, z, levels=filled.levels, colors="0.35", linewidths=0.5)
+    if colorbar:
+        bar = ax.figure.colorbar(filled, ax=ax, shrink=0.9, pad=0.02)
+        bar.set_label("f(x, y)", fontsize="small")
+        bar.set_ticks(filled.levels[::4])
+        bar.ax.tick_params(labelsize="x-small")
+        plain_numbers(bar.ax.yaxis, digits=3)
     if critical_points:
         for kind, style in CRITICAL_STYLES.items():
             points = [c.point for c in toy.critical_points if c.kind == kind]
             if points:
                 px, py = zip(*points)
-                ax.scatter(px, py, s=70, zorder=4, edgecolor="white", label=kind, **style)
+                ax.scatter(px, py, s=60, zorder=2.5, edgecolor="white", label=kind, **style)
     (x0, x1), (y0, y1) = toy.box
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title(f"{toy.name}: $f = {toy.formula}$", fontsize="medium")
+    return filled
 
 
 def _colors(trajectories):
@@ -150,17 +144,34 @@ def _colors(trajectories):
     return colors
 
 
-def _legend_label(trajectory: Trajectory) -> str:
-    """The label, with ``[diverged after n steps]`` when the run stopped early."""
+def stop_reason(trajectory: Trajectory) -> str | None:
+    """Why the run ended early, in a few words: ``None`` if it ran all its steps.
+
+    A run that left the box because ``f`` falls without bound, its last loss the lowest and
+    below 0, did what a minimiser should: ``"unbounded below: f → −∞ after n steps"``. A run
+    stopped for any other reason keeps the toy runner's words (``"diverged after n steps"``
+    for a loss or point that blew up, ``"stopped after n steps"`` for skipped steps).
+    """
     if trajectory.stopped is None:
-        return trajectory.label
-    return f"{trajectory.label} [{trajectory.stopped.split(':')[0]}]"
+        return None
+    words = trajectory.stopped.split(":")[0]
+    losses = np.asarray(trajectory.losses, dtype=float)
+    if words.startswith("diverged") and losses[-1] < 0 and losses[-1] == losses.min():
+        return re.sub(r"^diverged", "unbounded below: f → −∞", words)
+    return words
+
+
+def _legend_label(trajectory: Trajectory) -> str:
+    """The label, with :func:`stop_reason` in brackets when the run stopped early."""
+    reason = stop_reason(trajectory)
+    return trajectory.label if reason is None else f"{trajectory.label} [{reason}]"
 
 
 def draw_trajectories(ax, trajectories: Sequence[Trajectory]) -> list:
     """Draw each trajectory ``θ_0, θ_1, …`` as a line with markers, and the starts as stars.
 
-    Returns the artists added, so that a caller (a widget) can remove them again.
+    The stars are half transparent and drawn under the lines, so a first step that lands
+    close to the start stays visible. Returns the artists added.
     """
     artists = []
     for trajectory, color in zip(trajectories, _colors(trajectories)):
@@ -173,8 +184,8 @@ def draw_trajectories(ax, trajectories: Sequence[Trajectory]) -> list:
     if starts:
         sx, sy = zip(*starts)
         artists.append(
-            ax.scatter(sx, sy, marker="*", s=160, color="gold", edgecolor="black", zorder=5,
-                       label="start")
+            ax.scatter(sx, sy, marker="*", s=150, facecolor=(1.0, 0.84, 0.0, 0.6),
+                       edgecolor="black", linewidth=0.8, zorder=2.8, label="start")
         )
     return artists
 
@@ -187,18 +198,20 @@ def plot_toy(
     levels: int = 21,
     critical_points: bool = True,
     legend: bool = True,
+    colorbar: bool = True,
 ):
     """Contours of ``f`` over the toy's box, its critical points and the ``trajectories``.
 
     Contour levels: :func:`contour_levels`. Critical points are marked by kind (minimum,
     maximum, saddle, monkey saddle); each trajectory is a line through ``θ_0, …, θ_n`` in its
-    optimiser's colour, starts are gold stars. Returns ``(fig, ax)``.
+    optimiser's colour, starts are gold stars; a colour bar gives ``f`` and the legend is
+    under the axes (:func:`~sfn_teach.plot_style.legend_below`). Returns ``(fig, ax)``.
     """
-    fig, ax = _figure_and_axes(ax)
-    draw_toy(ax, toy, levels=levels, critical_points=critical_points)
+    fig, ax = figure_and_axes(ax)
+    draw_toy(ax, toy, levels=levels, critical_points=critical_points, colorbar=colorbar)
     draw_trajectories(ax, trajectories)
     if legend:
-        ax.legend(fontsize="x-small", loc="upper right", framealpha=0.8)
+        legend_below(ax)
     return fig, ax
 
 
@@ -221,19 +234,19 @@ def plot_losses(trajectories: Sequence[Trajectory], ax=None, *, legend: bool = T
     The y axis is symlog when losses go negative and large (saddles unbounded below), log
     when they are positive over several decades (:func:`loss_scale`). Returns ``(fig, ax)``.
     """
-    fig, ax = _figure_and_axes(ax)
+    fig, ax = figure_and_axes(ax)
     for trajectory, color in zip(trajectories, _colors(trajectories)):
         ax.plot(trajectory.losses, color=color, lw=1.5, label=_legend_label(trajectory))
     scale = loss_scale([t.losses for t in trajectories])
     if ax.get_yscale() != scale:  # (setting the scale anew would rebuild the ticks)
         ax.set_yscale(scale, **({"linthresh": 1.0} if scale == "symlog" else {}))
         if scale == "symlog":
-            _plain_numbers(ax.yaxis)
+            plain_numbers(ax.yaxis)
     ax.set_xlabel("step t")
     ax.set_ylabel(r"loss $f(\theta_t)$")
     ax.set_title("loss against step", fontsize="medium")
     if legend and trajectories:
-        ax.legend(fontsize="x-small")
+        legend_below(ax)
     return fig, ax
 
 
@@ -242,7 +255,8 @@ def plot_eigen_directions(toy: Toy | str, point, ax=None, *, length: float | Non
 
     ``s_i = length · |h_i| / max_j |h_j|`` (``length`` defaults to a quarter of the box's
     smaller side), red for negative curvature ``h_i < 0`` (where ``f`` curves down and
-    Newton's step flips sign), blue for ``h_i ≥ 0``; each arrow is labelled with ``h_i``.
+    Newton's step flips sign), blue for ``h_i ≥ 0``; each arrow is labelled with ``h_i``
+    (numbered in ``eigh``'s ascending order) beyond its right-hand head.
     Without ``ax`` the toy's contours are drawn first. Returns ``(fig, ax)``.
     """
     toy = get_toy(toy)
@@ -256,26 +270,31 @@ def plot_eigen_directions(toy: Toy | str, point, ax=None, *, length: float | Non
         (x0, x1), (y0, y1) = toy.box
         length = min(x1 - x0, y1 - y0) / 4
     largest = float(eigenvalues.abs().max()) or 1.0
-    for h, q in zip(eigenvalues.tolist(), eigenvectors.T):
+    for index, (h, q) in enumerate(zip(eigenvalues.tolist(), eigenvectors.T), start=1):
         negative = h < 0
         color = NEGATIVE_CURVATURE_COLOR if negative else POSITIVE_CURVATURE_COLOR
         arrow = (length * abs(h) / largest * q).numpy()
+        arrow = -arrow if (arrow[0], arrow[1]) < (0, 0) else arrow  # the label's end: rightwards
+        name = f"h{'₁₂'[index - 1] if index <= 2 else index}"
         ax.quiver(
             [theta[0], theta[0]], [theta[1], theta[1]], [arrow[0], -arrow[0]],
             [arrow[1], -arrow[1]], color=color, angles="xy", scale_units="xy", scale=1,
             width=0.008, zorder=6,
-            label=f"{'negative' if negative else 'positive'} curvature, h = {h:.3g}",
+            label=f"{'negative' if negative else 'positive'} curvature, {name} = {h:.3g}",
         )
-        tip = theta.numpy() + 1.1 * arrow
-        ax.text(
-            tip[0], tip[1], f"h = {h:.3g}", color=color, fontsize="small", zorder=7, clip_on=True
+        tip = theta.numpy() + arrow
+        ax.annotate(  # beyond the arrow's head, on the side it points to: never under an arrow
+            f"{name} = {h:.3g}", tip, xytext=(4, 4 if arrow[1] >= 0 else -4),
+            textcoords="offset points", ha="left", va="bottom" if arrow[1] >= 0 else "top",
+            color=color, fontsize="small", zorder=7, clip_on=True,
+            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8),
         )
     ax.scatter([theta[0]], [theta[1]], color="black", s=20, zorder=7)
     ax.set_title(
         f"eigen-directions of H at ({float(theta[0]):.3g}, {float(theta[1]):.3g})",
         fontsize="medium",
     )
-    ax.legend(fontsize="x-small", loc="upper right")
+    legend_below(ax)
     return fig, ax
 
 
@@ -309,363 +328,7 @@ def plot_paper_toy_figure(
     )
     ax.set_title("the paper's toy: Newton is attracted to the saddle, SFN is not",
                  fontsize="medium")
-    ax.legend(fontsize="x-small", loc="upper right", framealpha=0.8)
+    legend_below(ax)
     return fig, ax
 
-
-# --------------------------------------------------------------------------------------------
-# The spectral filter
-# --------------------------------------------------------------------------------------------
-
-
-def convergence_limit(scale: float) -> float:
-    """``√(2V)``: the series converges for the eigenvalues with ``|h| ≤ √(2V)`` only."""
-    return math.sqrt(2 * scale)
-
-
-def filter_values(
-    h,
-    num_terms: int,
-    scale: float,
-    damping: float = 0.0,
-    kind: str = "damped",
-    acceleration_order: int = 0,
-) -> torch.Tensor:
-    """The multiplier the series applies per eigenvalue ``h``: ``φ_K(h)``, or its accelerated kin.
-
-    With ``r = acceleration_order = 0`` this is the scalar polynomial
-    ``φ_K(h) = V^(-½) Σ_{k<K} c_k (1 − h²/V)^k`` (:func:`~sfn_teach.series.spectral_filter`).
-
-    Wynn's ε-algorithm is defined on vectors, not per eigenvalue: its Samelson inverse
-    ``w/(wᵀw)`` mixes all components, so an "accelerated filter" only exists for a given
-    spectrum and gradient. For ``r ≥ 1`` this returns the component-wise ratio ``Δ_i/g_i``
-    of the accelerated series direction (:func:`~sfn_teach.series.sfn_direction`) for
-    ``H = diag(h)`` and ``g = (1, …, 1)``, taking the given points ``h`` as the whole spectrum.
-    Only the points with ``|h| ≤ √(2V)`` enter (a diverging component would swamp ε); the
-    others are NaN.
-    """
-    h = torch.as_tensor(h, dtype=torch.float64)
-    if acceleration_order == 0:
-        return spectral_filter(h, num_terms, scale, damping, kind)
-    values = torch.full_like(h, math.nan)
-    inside = h.abs() <= convergence_limit(scale)
-    spectrum = h[inside]
-    values[inside] = sfn_direction(
-        lambda v: spectrum * v, torch.ones_like(spectrum), num_terms, scale, damping,
-        acceleration_order, kind=kind,
-    )
-    return values
-
-
-def filter_relative_error(
-    h,
-    num_terms: int,
-    scale: float,
-    damping: float = 0.0,
-    kind: str = "damped",
-    acceleration_order: int = 0,
-) -> torch.Tensor:
-    """``|φ(h) − t(h)| / t(h)`` with ``t(h) = 1/(|h| + λ)`` (quasi-damped ``(h² + λ)^(-½)``).
-
-    ``φ`` is :func:`filter_values` (the plain ``φ_K`` for ``acceleration_order = 0``).
-    """
-    h = torch.as_tensor(h, dtype=torch.float64)
-    target = filter_target(h, damping, kind)
-    values = filter_values(h, num_terms, scale, damping, kind, acceleration_order)
-    return (values - target).abs() / target
-
-
-def max_filter_error(
-    num_terms: int,
-    scale: float,
-    damping: float = 0.0,
-    kind: str = "damped",
-    acceleration_order: int = 0,
-    h_low: float | None = None,
-    num_points: int = 401,
-) -> float:
-    """``max |φ(h) − t(h)|/t(h)`` over ``h_low ≤ |h| ≤ √(2V)`` (log-spaced points).
-
-    ``h_low`` defaults to ``√(2V)/10``; with ``λ = 0`` it must be positive, since the target
-    ``1/|h|`` is infinite at 0 while ``φ_K(0)`` is finite. See :func:`filter_relative_error`.
-    """
-    limit = convergence_limit(scale)
-    h_low = limit / 10 if h_low is None else h_low
-    if not 0 < h_low < limit:
-        raise ValueError(f"h_low must be in (0, √(2V) = {limit:.6g}), got {h_low!r}")
-    h = torch.logspace(math.log10(h_low), math.log10(limit), num_points, dtype=torch.float64)
-    errors = filter_relative_error(h, num_terms, scale, damping, kind, acceleration_order)
-    return float(errors.max())
-
-
-def _limit_lines(ax, scale, both_sides):
-    """Vertical lines at ``|h| = √(2V)`` (one legend entry)."""
-    limit = convergence_limit(scale)
-    ax.axvline(limit, color="black", ls="--", lw=1, label=r"$|h| = \sqrt{2V}$")
-    if both_sides:
-        ax.axvline(-limit, color="black", ls="--", lw=1)
-
-
-def _filter_label(num_terms, acceleration_order):
-    if acceleration_order == 0:
-        return rf"$\varphi_K$, K = {num_terms}"
-    return rf"$\varphi_K$ with Wynn ε, K = {num_terms}, r = {acceleration_order}"
-
-
-def _target_label(damping, kind):
-    if kind == "quasi-damped":
-        return r"target $(h^2 + \lambda)^{-1/2}$"
-    return r"target $1/(|h| + \lambda)$" if damping > 0 else r"target $1/|h|$"
-
-
-def filter_curve(
-    num_terms: int,
-    scale: float,
-    damping: float = 0.0,
-    kind: str = "damped",
-    h_range: tuple[float, float] | None = None,
-    acceleration_order: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """What :func:`plot_spectral_filter` draws for one ``K``: ``(h, φ(h), t(h), top)``.
-
-    801 points ``h`` over ``h_range`` (default ``±1.3 √(2V)``), the multipliers ``φ(h)`` of
-    :func:`filter_values` (NaN where undefined), the target ``t(h)`` (:func:`filter_target
-    <sfn_teach.series.filter_target>`) and ``top``, the largest finite ``φ`` with
-    ``|h| ≤ √(2V)`` (the target there if there is none): the y range shown is
-    ``[−0.15, 1.25] × top``.
-    """
-    limit = convergence_limit(scale)
-    low, high = h_range if h_range is not None else (-1.3 * limit, 1.3 * limit)
-    h = torch.linspace(low, high, 801, dtype=torch.float64)
-    phi = filter_values(h, num_terms, scale, damping, kind, acceleration_order)
-    shown = phi[(h.abs() <= limit) & torch.isfinite(phi)]
-    top = float(shown.max()) if shown.numel() else 0.0
-    top = top or float(filter_target(torch.tensor(limit), damping, kind))
-    return h.numpy(), phi.numpy(), filter_target(h, damping, kind).numpy(), top
-
-
-def filter_error_curve(
-    num_terms: int,
-    scale: float,
-    damping: float = 0.0,
-    kind: str = "damped",
-    h_range: tuple[float, float] | None = None,
-    acceleration_order: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """What :func:`plot_filter_error` draws for one ``K``: ``(|h|, error)``.
-
-    401 log-spaced ``|h|`` over ``h_range`` (default ``(10⁻³ √(2V), 1.3 √(2V))``) and the
-    relative error of :func:`filter_relative_error`, floored at ``10⁻¹⁷`` for log axes.
-    """
-    limit = convergence_limit(scale)
-    low, high = h_range if h_range is not None else (1e-3 * limit, 1.3 * limit)
-    if not 0 < low < high:
-        raise ValueError(f"h_range must be (low, high) with 0 < low < high, got {h_range!r}")
-    h = torch.logspace(math.log10(low), math.log10(high), 401, dtype=torch.float64)
-    error = filter_relative_error(h, num_terms, scale, damping, kind, acceleration_order)
-    return h.numpy(), error.clamp_min(1e-17).numpy()
-
-
-def plot_spectral_filter(
-    num_terms: int | Sequence[int],
-    scale: float,
-    damping: float = 0.0,
-    kind: str = "damped",
-    h_range: tuple[float, float] | None = None,
-    ax=None,
-    acceleration_order: int = 0,
-):
-    """``φ_K(h) = V^(-½) Σ_{k<K} c_k (1 − h²/V)^k`` for each ``K`` against its target.
-
-    The target is ``1/(|h| + λ)`` (quasi-damped: ``(h² + λ)^(-½)``); dashed lines mark the
-    convergence limit ``|h| = √(2V)``, beyond which ``φ_K`` diverges like ``|1 − h²/V|^K``.
-    ``h_range`` defaults to ``±1.3 √(2V)``; the y axis is clipped to the convergent part.
-    With ``acceleration_order = r ≥ 1`` the curves are the accelerated multipliers of
-    :func:`filter_values` (the plotted points taken as the spectrum; ``|h| ≤ √(2V)`` only).
-    The numbers are :func:`filter_curve`'s. Returns ``(fig, ax)``.
-    """
-    terms = _as_int_list("num_terms", num_terms)
-    fig, ax = _figure_and_axes(ax)
-    top = 0.0
-    for count in terms:
-        h, phi, target, highest = filter_curve(count, scale, damping, kind, h_range,
-                                               acceleration_order)
-        ax.plot(h, phi, lw=1.5, label=_filter_label(count, acceleration_order))
-        top = max(top, highest)
-    ax.plot(h, target, "k", lw=1, alpha=0.6, label=_target_label(damping, kind))
-    _limit_lines(ax, scale, both_sides=h[0] < 0)
-    ax.set_xlim(h[0], h[-1])
-    ax.set_ylim(-0.15 * top, 1.25 * top)
-    ax.set_xlabel("eigenvalue h")
-    ax.set_ylabel("multiplier of the component along q")
-    ax.set_title(f"spectral filter: V = {scale:g}, λ = {damping:g} ({kind})", fontsize="medium")
-    ax.legend(fontsize="x-small", loc="upper right")
-    return fig, ax
-
-
-def plot_filter_error(
-    num_terms: int | Sequence[int],
-    scale: float,
-    damping: float = 0.0,
-    kind: str = "damped",
-    h_range: tuple[float, float] | None = None,
-    ax=None,
-    acceleration_order: int = 0,
-):
-    """The relative error ``|φ_K(h) − t(h)|/t(h)`` against ``|h|`` on log–log axes.
-
-    ``h_range`` (of ``|h|``, both positive) defaults to ``(10⁻³ √(2V), 1.3 √(2V))``. The error
-    falls like ``|1 − h²/V|^K`` inside the limit, slowest at small ``|h|`` (truncation acts as
-    an implicit damping there), and explodes beyond ``|h| = √(2V)`` (dashed). With
-    ``acceleration_order ≥ 1`` the error is that of :func:`filter_values`. The numbers are
-    :func:`filter_error_curve`'s. Returns ``(fig, ax)``.
-    """
-    terms = _as_int_list("num_terms", num_terms)
-    fig, ax = _figure_and_axes(ax)
-    for count in terms:
-        h, error = filter_error_curve(count, scale, damping, kind, h_range, acceleration_order)
-        ax.plot(h, error, lw=1.5, label=_filter_label(count, acceleration_order))
-    _limit_lines(ax, scale, both_sides=False)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(1e-16, 1e3)
-    ax.set_xlabel("|h|")
-    ax.set_ylabel("relative error of the filter")
-    ax.set_title(f"filter error: V = {scale:g}, λ = {damping:g} ({kind})", fontsize="medium")
-    ax.legend(fontsize="x-small")
-    return fig, ax
-
-
-def plot_filter_on_spectrum(
-    eigenvalues,
-    num_terms: int,
-    scales: Sequence[float],
-    damping: float = 0.0,
-    ax=None,
-):
-    """What the series does to a measured spectrum: ``φ_K(|h|)`` for each ``V`` in ``scales``.
-
-    On log–log axes against ``|h|`` over the range of the measured ``eigenvalues`` (drawn as
-    a rug at the bottom): the target ``1/(|h| + λ)`` of saddle-free Newton, each filter
-    ``φ_K`` (dotted beyond ``√(2V)``, where it diverges), and for each ``V`` the level
-    ``φ_K(0) ≈ 2√(K/(πV))`` (thin) that the filter keeps for ``|h| ≲ √(V/K)``: an eigenvalue
-    there is scaled like a gradient-descent step with that learning rate. If every measured
-    ``|h|`` is in that flat part the step is gradient descent in disguise. Returns ``(fig, ax)``.
-    """
-    magnitudes = torch.as_tensor(eigenvalues, dtype=torch.float64).abs()
-    magnitudes = magnitudes[magnitudes > 0]
-    if magnitudes.numel() == 0:
-        raise ValueError("eigenvalues must hold at least one non-zero eigenvalue")
-    low, high = float(magnitudes.min()), float(magnitudes.max())
-    h = torch.logspace(math.log10(low) - 0.3, math.log10(high) + 0.3, 400, dtype=torch.float64)
-    fig, ax = _figure_and_axes(ax, figsize=(6.5, 4.5))
-    ax.plot(h.numpy(), filter_target(h, damping).numpy(), "k", lw=1.2,
-            label=_target_label(damping, "damped"))
-    for index, scale in enumerate(scales):
-        color = f"C{index}"
-        phi = spectral_filter(h, num_terms, scale, damping).abs()
-        inside = h <= convergence_limit(scale)
-        ax.plot(h[inside].numpy(), phi[inside].numpy(), color=color, lw=1.8,
-                label=rf"$\varphi_K$, K = {num_terms}, V = {scale:.3g}")
-        if not inside.all():
-            ax.plot(h[~inside].numpy(), phi[~inside].numpy(), color=color, lw=1.2, ls=":")
-        ax.axhline(2 * math.sqrt(num_terms / (math.pi * scale)), color=color, lw=0.8,
-                   alpha=0.6)
-    ax.plot(magnitudes.numpy(), np.zeros(magnitudes.numel()), "|", color="0.3", ms=12,
-            transform=ax.get_xaxis_transform(), label="measured |h|")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(float(h[0]), float(h[-1]))
-    ax.set_ylim(0.3 / (high + damping), 3 / (low + damping))
-    ax.set_xlabel("|h|")
-    ax.set_ylabel("multiplier of the component along q")
-    ax.set_title(f"the series' filter on a measured spectrum (λ = {damping:g})",
-                 fontsize="medium")
-    ax.legend(fontsize="x-small", loc="lower left")
-    return fig, ax
-
-
-# --------------------------------------------------------------------------------------------
-# Convergence of the direction
-# --------------------------------------------------------------------------------------------
-
-
-def direction_convergence(
-    hessian: torch.Tensor,
-    grad: torch.Tensor,
-    num_terms_list: Sequence[int],
-    scale: float,
-    damping: float = 0.0,
-    order: int = 0,
-    sablonniere: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity and relative error of ``Δ_K`` to ``Δ* = (|H| + λI)⁻¹ g`` for each ``K``.
-
-    ``Δ_K`` is :func:`~sfn_teach.series.sfn_direction` with products ``Hv = H @ v`` on the dense
-    symmetric ``hessian``, accelerated by Wynn's ε of order ``r = order``; ``Δ*`` is
-    :func:`~sfn_teach.series.exact_sfn_direction`. Returns ``(cos ∠(Δ_K, Δ*), ‖Δ_K − Δ*‖/‖Δ*‖)``
-    as two arrays, NaN where ``K < 2r + 1``.
-    """
-    exact = exact_sfn_direction(hessian, grad, damping)
-    cosines, errors = [], []
-    for count in _as_int_list("num_terms_list", list(num_terms_list)):
-        if count < 2 * order + 1:
-            cosines.append(math.nan)
-            errors.append(math.nan)
-            continue
-        direction = sfn_direction(
-            lambda v: hessian @ v, grad, count, scale, damping, order, sablonniere
-        )
-        cosines.append(float(direction @ exact / (direction.norm() * exact.norm())))
-        errors.append(float((direction - exact).norm() / exact.norm()))
-    return np.array(cosines), np.array(errors)
-
-
-def _variant_label(order, sablonniere):
-    if order == 0:
-        return "plain partial sums (r = 0)"
-    return f"Wynn ε{' (Sablonnière)' if sablonniere else ''}, r = {order}"
-
-
-def plot_direction_convergence(
-    hessian: torch.Tensor,
-    grad: torch.Tensor,
-    num_terms_list: Sequence[int],
-    scale: float,
-    damping: float = 0.0,
-    orders: Sequence[int] = (0, 2),
-    sablonniere: Sequence[bool] = (False,),
-    axes=None,
-):
-    """Two panels against ``K``: cosine similarity and relative error of ``Δ_K`` to ``Δ*``.
-
-    One curve per Wynn order ``r`` in ``orders`` (``r = 0``: no acceleration) and, for
-    ``r ≥ 1``, per weighting in ``sablonniere`` (``False``: plain ``σ_s = 1``; ``True``:
-    Sablonnière's ``σ_s = ⌊s/2⌋ + 1``). See :func:`direction_convergence`. ``axes`` is a
-    pair of axes or ``None``. Returns ``(fig, (ax_cosine, ax_error))``.
-    """
-    if axes is None:
-        fig = Figure(figsize=(10, 4), layout="constrained")
-        axes = fig.subplots(1, 2)
-    fig, (ax_cos, ax_err) = axes[0].figure, axes
-    terms = np.array(_as_int_list("num_terms_list", list(num_terms_list)))
-    variants = [(0, False)] if 0 in orders else []
-    variants += [(r, flag) for r in orders if r > 0 for flag in sablonniere]
-    for order, flag in variants:
-        cosines, errors = direction_convergence(
-            hessian, grad, terms.tolist(), scale, damping, order, flag
-        )
-        label = _variant_label(order, flag)
-        ax_cos.plot(terms, cosines, "-o", ms=3, label=label)
-        ax_err.plot(terms, np.maximum(errors, 1e-17), "-o", ms=3, label=label)
-    ax_cos.set_xlabel("number of terms K")
-    ax_cos.set_ylabel(r"cosine similarity to $(|H| + \lambda I)^{-1} g$")
-    ax_cos.set_title("direction: cosine similarity", fontsize="medium")
-    ax_err.set_yscale("log")
-    ax_err.set_xlabel("number of terms K")
-    ax_err.set_ylabel("relative error")
-    ax_err.set_title("direction: relative error", fontsize="medium")
-    for ax in (ax_cos, ax_err):
-        ax.legend(fontsize="x-small")
-    return fig, (ax_cos, ax_err)
 

@@ -222,7 +222,7 @@ def _contour_png(toy, pixels: int = 480) -> bytes:
     """The toy's filled contours over exactly its box, no axes: the background of a plot."""
     figure = Figure(figsize=(pixels / 100, pixels / 100), dpi=100)
     ax = figure.add_axes((0, 0, 1, 1))
-    draw_toy(ax, toy, critical_points=False)
+    draw_toy(ax, toy, critical_points=False, colorbar=False)
     ax.set_axis_off()
     return _figure_png(figure)
 

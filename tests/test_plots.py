@@ -6,8 +6,10 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection
 from matplotlib.contour import ContourSet
+from matplotlib.figure import Figure
 from matplotlib.quiver import Quiver
 
 from sfn_teach import plots
@@ -62,9 +64,52 @@ def test_plot_toy_draws_contours_critical_points_trajectories_and_legend():
 
 def test_stopped_trajectories_say_so_in_the_legend():
     trajectory = run_trajectory("rosenbrock", (-1.5, 2.5), "gd", 50, lr=0.1)
+    assert trajectory.losses[-1] > trajectory.losses[0]  # blew up: a real failure
     _, ax = plots.plot_toy("rosenbrock", [trajectory])
     assert any(text.endswith(f"[diverged after {trajectory.num_steps} steps]")
                for text in legend_texts(ax))
+
+
+def test_a_run_to_minus_infinity_is_labelled_unbounded_below_not_diverged():
+    escaping = run_trajectory("paper", PAPER_START, "exact_sfn", 40)
+    assert escaping.stopped.startswith("diverged") and escaping.losses[-1] < -1e10
+    reason = plots.stop_reason(escaping)
+    assert reason == f"unbounded below: f → −∞ after {escaping.num_steps} steps"
+    for _, ax in (plots.plot_toy("paper", [escaping]), plots.plot_losses([escaping])):
+        assert f"exact SFN [{reason}]" in legend_texts(ax)
+    assert plots.stop_reason(run_trajectory("paper", PAPER_START, "exact_sfn", 3)) is None
+
+
+def overlaps(a, b) -> bool:
+    return a.width > 0 and b.width > 0 and a.overlaps(b)
+
+
+def test_legends_sit_below_the_axes_and_labels_clear_the_ticks():
+    trajectories = [run_trajectory("paper", PAPER_START, key, 30) for key in ("gd", "exact_sfn")]
+    fig = Figure(figsize=(11, 4.3), layout="constrained")
+    ax_toy, ax_loss = fig.subplots(1, 2)
+    plots.plot_toy("paper", trajectories, ax=ax_toy)
+    plots.plot_losses(trajectories, ax=ax_loss)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in (ax_toy, ax_loss):
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert legend.y1 < ax.get_window_extent(renderer).y0  # below: covers no marker
+        label = ax.yaxis.label.get_window_extent(renderer)
+        ticks = [t.get_window_extent(renderer) for t in ax.get_yticklabels() if t.get_text()]
+        assert ticks and not any(overlaps(label, tick) for tick in ticks)
+    # the start star is drawn under the paths, so a first step beside it stays visible
+    start = [c for c in ax_toy.collections if c.get_label() == "start"][0]
+    assert start.get_zorder() < min(line.get_zorder() for line in ax_toy.lines)
+
+
+def test_contour_plots_have_a_colour_bar_of_f():
+    fig, ax = plots.plot_toy("himmelblau")
+    bars = [other for other in fig.axes if other is not ax]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "f(x, y)"
+    _, ax = plots.plot_toy("himmelblau", colorbar=False)
+    assert len(ax.figure.axes) == 1
 
 
 def test_repeated_optimizers_get_distinct_colours():
@@ -122,7 +167,11 @@ def test_eigen_directions_are_arrows_along_the_eigenvectors_scaled_by_curvature(
         np.testing.assert_allclose(hessian @ arrow, h * arrow, atol=1e-12)  # an eigenvector
         np.testing.assert_allclose([quiver.U[1], quiver.V[1]], -arrow)  # and its opposite
         assert matplotlib.colors.same_color(quiver.get_facecolor()[0], colour)
-    assert any(f"h = {low:.3g}" == text.get_text() for text in ax.texts)
+    assert [text.get_text() for text in ax.texts] == [f"h₁ = {low:.3g}", f"h₂ = {high:.3g}"]
+    for text, quiver in zip(ax.texts, quivers):  # each label at the head pointing right
+        head = np.array(PAPER_START) + [quiver.U[0], quiver.V[0]]
+        np.testing.assert_allclose(text.xy, head)
+        assert quiver.U[0] >= 0
     assert "eigen-directions" in ax.get_title() and ax.get_legend() is not None
 
 

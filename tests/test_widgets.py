@@ -102,7 +102,8 @@ def test_displaying_a_panel_leaves_a_png_of_its_figure(explorer):
     image = base64.b64decode(bundle["image/png"])
     assert image.startswith(PNG_SIGNATURE) and image == explorer.static_png()
     figure = explorer._static_figure()
-    ax_toy, ax_loss = figure.axes
+    ax_toy, ax_loss, colour_bar = figure.axes
+    assert colour_bar.get_ylabel() == "f(x, y)"
     assert len(ax_loss.lines) == 3 and "K = 3" in ax_loss.get_title()
     np.testing.assert_array_equal(ax_toy.lines[0].get_xdata(),
                                   explorer.trajectories["gd"].points[:, 0])
