@@ -30,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .bench import load_benchmark, run_benchmark, validate_config
-from .widgets import _SLIDER, DampingControl, _error_html, _png
+from .widget_parts import SLIDER, DampingControl, canvas_png, error_html
 
 #: the controls a panel can show, in the order they are laid out
 CONTROLS = (
@@ -149,19 +149,19 @@ class BenchmarkPanel:
             for entry in self.base_config["optimizers"]
         }
         self.num_terms = widgets.IntSlider(value=series.get("num_terms", 5), min=1, max=30,
-                                           description="K", **_SLIDER)
+                                           description="K", **SLIDER)
         self.acceleration_order = widgets.IntSlider(
-            value=series.get("acceleration_order", 0), min=0, max=5, description="r", **_SLIDER
+            value=series.get("acceleration_order", 0), min=0, max=5, description="r", **SLIDER
         )
         self.damping = DampingControl(series.get("damping", 1e-4))
         self.batch_size = widgets.IntText(value=train.get("batch_size", 0),
-                                          description="batch size (0: as configured)", **_SLIDER)
+                                          description="batch size (0: as configured)", **SLIDER)
         self.epochs = widgets.IntSlider(value=train.get("epochs") or 1, min=1, max=100,
-                                        description="epochs", **_SLIDER)
+                                        description="epochs", **SLIDER)
         self.steps = widgets.IntSlider(value=train.get("steps") or 20, min=1, max=500,
-                                       description="steps", **_SLIDER)
+                                       description="steps", **SLIDER)
         self.seeds = widgets.IntSlider(value=len(train.get("seeds", [0])), min=1, max=10,
-                                       description="seeds", **_SLIDER)
+                                       description="seeds", **SLIDER)
         self.augment = widgets.Checkbox(value=bool(self._get(self.augment_path)),
                                         description="augmentation (crop + flip)", indent=False)
 
@@ -230,7 +230,7 @@ class BenchmarkPanel:
                 raise ValueError("tick at least one optimiser")
             config = validate_config(raw, raw.get("name", "benchmark"))
         except ValueError as error:  # ConfigError is a ValueError naming the field
-            self.message.value = _error_html(str(error))
+            self.message.value = error_html(str(error))
             return None
         if self.fast:
             config = config.fast_version()
@@ -245,7 +245,7 @@ class BenchmarkPanel:
             self.result = run_benchmark(raw, run_dir, fast=self.fast, resume=resume,
                                         progress=False, on_record=self._on_record)
         except Exception as error:  # noqa: BLE001 - a button's callback must never raise
-            self.message.value = _error_html(f"{type(error).__name__}: {error}")
+            self.message.value = error_html(f"{type(error).__name__}: {error}")
             return None
         finally:
             self.run_button.disabled = False
@@ -302,4 +302,4 @@ class BenchmarkPanel:
             self.axes[0][0].legend(fontsize="small")
         self.figure.suptitle("live: one line per run (optimiser × seed)")
         self._canvas.draw()
-        self.image.value = _png(self._canvas)
+        self.image.value = canvas_png(self._canvas)

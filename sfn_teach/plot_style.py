@@ -73,3 +73,12 @@ def legend_below(ax, columns: int = 2):
     below = ax.transAxes + transforms.ScaledTranslation(0, -32 / 72, ax.figure.dpi_scale_trans)
     return ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, 0),
                      bbox_transform=below, ncol=columns, frameon=False)
+
+
+def label_contour_colorbar(bar):
+    """Label the colour bar ``bar`` of a toy's filled contours: ``f(x, y)``, a tick at every
+    fourth level, small plain numbers of three digits."""
+    bar.set_label("f(x, y)", fontsize="small")
+    bar.set_ticks(bar.mappable.levels[::4])
+    bar.ax.tick_params(labelsize="x-small")
+    plain_numbers(bar.ax.yaxis, digits=3)

@@ -33,6 +33,7 @@ from .plot_style import (
     OPTIMIZER_COLORS,
     POSITIVE_CURVATURE_COLOR,
     figure_and_axes,
+    label_contour_colorbar,
     legend_below,
     plain_numbers,
 )
@@ -114,11 +115,7 @@ def draw_toy(ax, toy: Toy | str, *, levels: int = 21, critical_points: bool = Tr
                          alpha=CONTOUR_ALPHA)
     ax.contour(x, y, z, levels=filled.levels, colors="0.35", linewidths=0.5)
     if colorbar:
-        bar = ax.figure.colorbar(filled, ax=ax, shrink=0.9, pad=0.02)
-        bar.set_label("f(x, y)", fontsize="small")
-        bar.set_ticks(filled.levels[::4])
-        bar.ax.tick_params(labelsize="x-small")
-        plain_numbers(bar.ax.yaxis, digits=3)
+        label_contour_colorbar(ax.figure.colorbar(filled, ax=ax, shrink=0.9, pad=0.02))
     if critical_points:
         for kind, style in CRITICAL_STYLES.items():
             points = [c.point for c in toy.critical_points if c.kind == kind]

@@ -5,9 +5,9 @@ Each panel is a class exposing
 - ``widget``: the top-level box to display (``display(panel.widget)``, or just ``panel``);
 - its controls as attributes (set ``panel.num_terms.value = 20`` in code and it redraws, as
   a slider dragged in the browser would);
-- ``figures``: two bqplot figures side by side (``figure_box``), drawn by the browser: a
-  change sends only the new data of the curves (a few kilobytes, ~1 ms), so the panels
-  follow a slider while it is dragged (``continuous_update=True``);
+- ``figures``: two bqplot figures side by side (``figure_box``; :mod:`sfn_teach.live_plot`),
+  drawn by the browser: a change sends only the new data of the curves (a few kilobytes),
+  so the panels follow a slider while it is dragged (``continuous_update=True``);
 - ``readout``: an ``HTML`` widget whose ``value`` is a short text about the figure (final
   points and losses, or the filter's largest error);
 - ``message``: an ``HTML`` widget with validation messages, empty when all is well;
@@ -19,30 +19,36 @@ Each panel is a class exposing
 No exception escapes a callback: bad input (a negative λ typed into the box, ``K < 2r + 1``)
 shows a message in ``message`` and keeps the last good figure; the panel keeps working.
 
-Nothing in the library imports this module; notebooks do.
+The parts every panel shares (control styles, messages, :class:`DampingControl`, the box
+that carries the static PNG) are in :mod:`sfn_teach.widget_parts`; :class:`DampingControl`
+and :class:`~sfn_teach.live_plot.LivePlot` are re-exported here. Nothing in the library
+imports this module; notebooks do.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import html
-import io
-import math
 
 import bqplot
 import ipywidgets as widgets
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from PIL import Image
 
+from .live_plot import (
+    CRITICAL_MARKERS,
+    LOSS_AXES,
+    LivePlot,
+    add_critical_points,
+    colorbar_png,
+    contour_png,
+    css_color,
+    show_critical_points,
+    shown_loss,
+)
+from .plot_style import CRITICAL_STYLES, OPTIMIZER_COLORS
 from .plots import (
-    CRITICAL_STYLES,
-    OPTIMIZER_COLORS,
     convergence_limit,
-    draw_toy,
     filter_curve,
     filter_error_curve,
     loss_scale,
@@ -51,215 +57,27 @@ from .plots import (
     plot_losses,
     plot_spectral_filter,
     plot_toy,
+    stop_reason,
 )
 from .series import KINDS
 from .toys import OPTIMIZERS, TOYS, get_toy, run_trajectories, series_scale_limit
+from .widget_parts import (
+    FOLLOWED,
+    SLIDER,
+    DampingControl,
+    PanelBox,
+    check_damping,
+    check_order,
+    error_html,
+    figure_png,
+    warning_html,
+)
+
+__all__ = ["FIRST_ORDER", "DampingControl", "FilterExplorer", "LivePlot", "SaddleExplorer"]
 
 #: the optimisers that use the learning-rate control (the curvature ones step with α = 1 and
 #: use the damping λ)
 FIRST_ORDER = ("gd", "momentum", "adam")
-
-#: controls whose change starts work (a training run): the value is sent on release
-_SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
-#: controls the explorers follow while they move
-_FOLLOWED = dict(_SLIDER, continuous_update=True)
-
-
-def _png(canvas: FigureCanvasAgg) -> bytes:
-    """The canvas as it was last drawn, as PNG (fast compression: ~10 ms, not ~17 ms)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(canvas.buffer_rgba())).save(buffer, format="png", compress_level=1)
-    return buffer.getvalue()
-
-
-def _figure_png(figure: Figure) -> bytes:
-    """``figure`` drawn by Agg, as PNG."""
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return _png(canvas)
-
-
-def _error_html(text: str) -> str:
-    return f'<span style="color:#b00020">❌ {html.escape(text)}</span>'
-
-
-def _warning_html(text: str) -> str:
-    return f'<span style="color:#8a5a00">⚠️ {html.escape(text)}</span>'
-
-
-def _check_damping(damping: float):
-    if not (math.isfinite(damping) and damping >= 0):
-        raise ValueError(
-            f"λ must be a finite number ≥ 0 (damping adds λ to every |h|), got {damping:g}"
-        )
-
-
-def _check_order(num_terms: int, order: int):
-    if num_terms < 2 * order + 1:
-        raise ValueError(
-            f"r = {order} needs K ≥ 2r + 1 = {2 * order + 1} (Wynn's ε-algorithm of order r "
-            f"uses the last 2r + 1 partial sums), got K = {num_terms}: raise K or lower r"
-        )
-
-
-class DampingControl:
-    """The damping ``λ ≥ 0`` as a log-slider, a "λ = 0" box and a text box, which always agree.
-
-    ``text`` holds the value in force (:attr:`value`); the slider and the box write into it,
-    and every value in force is shown by all three: the box is ticked exactly when λ = 0, and
-    the slider then is disabled and shows no number (a log-slider has no 0); otherwise the
-    slider shows λ, its range (``[1e-6, 10]`` at first) growing to reach a typed value.
-    Unticking the box brings back the slider's value. Observers of ``text`` see every change,
-    the slider's while it is dragged.
-    A typed negative value stays in ``text``, where the panel refuses it with a message; the
-    slider and the box keep showing the last good value, which is still what is drawn.
-    """
-
-    def __init__(self, value: float = 0.0):
-        self.slider = widgets.FloatLogSlider(
-            value=1e-3, base=10, min=-6, max=1, description="λ", readout_format=".1e",
-            **_FOLLOWED,
-        )
-        self.zero = widgets.Checkbox(description="λ = 0", indent=False)
-        self.text = widgets.FloatText(value=value, description="λ (type)", **_SLIDER)
-        self.box = widgets.HBox([self.slider, self.zero, self.text])
-        self._syncing = False
-        self._show(value)
-        self.slider.observe(self._from_slider, names="value")
-        self.zero.observe(self._from_zero, names="value")
-        self.text.observe(lambda change: self._show(change["new"]), names="value")
-
-    @property
-    def value(self) -> float:
-        """The damping ``λ`` in force (whatever was typed, possibly invalid)."""
-        return self.text.value
-
-    def _from_slider(self, change):
-        if not self._syncing:
-            self.text.value = change["new"]
-
-    def _from_zero(self, change):
-        if not self._syncing:
-            self.text.value = 0.0 if change["new"] else self.slider.value
-
-    def _show(self, value: float):
-        """Make the box and the slider show ``value`` (a refused value leaves them as they are)."""
-        if not (math.isfinite(value) and value >= 0):
-            return
-        self._syncing = True
-        try:
-            self.zero.value = value == 0
-            self.slider.disabled = value == 0
-            self.slider.readout = value > 0
-            if value > 0:
-                exponent = math.log10(value)
-                self.slider.min = min(self.slider.min, math.floor(exponent))
-                self.slider.max = max(self.slider.max, math.ceil(exponent))
-                self.slider.value = value
-        finally:
-            self._syncing = False
-
-
-# --------------------------------------------------------------------------------------------
-# Figures drawn by the browser
-# --------------------------------------------------------------------------------------------
-
-
-class LivePlot:
-    """One bqplot figure: an x and a y scale with their axes, and curves by name.
-
-    :meth:`curve` makes a curve (a ``bqplot.Lines`` or ``bqplot.Scatter``) once;
-    :meth:`show` replaces its data, which is all a change sends to the browser. Scales
-    without limits follow the data shown.
-    """
-
-    def __init__(self, x_label: str, y_label: str, x_scale=None, y_scale=None):
-        self.x = x_scale or bqplot.LinearScale()
-        self.y = y_scale or bqplot.LinearScale()
-        self.y_axis = bqplot.Axis(scale=self.y, side="left", label=y_label,
-                                  grid_lines="none", label_offset="45px")
-        self.figure = bqplot.Figure(
-            axes=[bqplot.Axis(scale=self.x, side="bottom", label=x_label, grid_lines="none"),
-                  self.y_axis],
-            fig_margin=dict(top=40, bottom=45, left=65, right=15), animation_duration=0,
-            legend_location="top-right", legend_text={"font-size": "11px"},
-            title_style={"font-size": "13px"},
-            layout=widgets.Layout(width="490px", height="380px"),
-        )
-        self.curves: dict[str, bqplot.Mark] = {}
-
-    def curve(self, name: str, mark=bqplot.Lines, **style) -> bqplot.Mark:
-        """Add the curve ``name`` (empty and hidden until :meth:`show`), drawn in ``style``."""
-        curve = mark(x=[0.0], y=[0.0], scales={"x": self.x, "y": self.y}, visible=False,
-                     **style)
-        self.curves[name] = curve
-        self.figure.marks = [*self.figure.marks, curve]
-        return curve
-
-    def show(self, name: str, x=None, y=None):
-        """Draw the points ``(x, y)`` (non-finite ones left out) as curve ``name``; without
-        data, hide it."""
-        curve = self.curves[name]
-        if x is None:
-            curve.visible = False
-            return
-        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-        finite = np.isfinite(x) & np.isfinite(y)
-        with curve.hold_sync():
-            curve.x, curve.y, curve.visible = x[finite], y[finite], bool(finite.any())
-
-
-def _color(key: str) -> str:
-    return to_hex(OPTIMIZER_COLORS[key])
-
-
-#: bqplot's marker for each kind of critical point (matplotlib's are in plots.CRITICAL_STYLES)
-_CRITICAL_MARKERS = {"minimum": "circle", "maximum": "triangle-up", "saddle": "cross",
-                     "monkey saddle": "diamond"}
-
-
-def _contour_png(toy, pixels: int = 480) -> bytes:
-    """The toy's filled contours over exactly its box, no axes: the background of a plot."""
-    figure = Figure(figsize=(pixels / 100, pixels / 100), dpi=100)
-    ax = figure.add_axes((0, 0, 1, 1))
-    draw_toy(ax, toy, critical_points=False, colorbar=False)
-    ax.set_axis_off()
-    return _figure_png(figure)
-
-
-def _shown_loss(losses: np.ndarray, scale: str) -> np.ndarray:
-    """The losses as the loss plot's linear y axis shows them (see :data:`_LOSS_AXES`)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if scale == "log":
-            return np.log10(losses)
-        if scale == "symlog":
-            return np.sign(losses) * np.log10(1 + np.abs(losses))
-    return losses
-
-
-#: the label of the loss plot's y axis for each :func:`~sfn_teach.plots.loss_scale`: a linear
-#: axis of ``log₁₀ f`` for losses over several decades, of ``sign(f)·log₁₀(1 + |f|)`` for
-#: losses falling without bound (as matplotlib's "symlog" with a linear part of width 1)
-_LOSS_AXES = {"linear": "loss f(θ_t)", "log": "log₁₀ f(θ_t)",
-              "symlog": "sign(f)·log₁₀(1 + |f(θ_t)|)"}
-
-
-class _PanelBox(widgets.VBox):
-    """A panel's top-level box: live in JupyterLab, a PNG of its figure elsewhere.
-
-    Its display data hold the widget's view and, as ``image/png``, the figure when it was
-    displayed, which HTML exports and repository viewers show where no kernel runs.
-    """
-
-    def __init__(self, children, static_png):
-        super().__init__(children)
-        self._static_png = static_png
-        self.add_class("sfn-panel")
-
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs)
-        bundle["image/png"] = base64.b64encode(self._static_png()).decode("ascii")
-        return bundle
 
 
 class _Panel:
@@ -276,13 +94,13 @@ class _Panel:
         self.message = widgets.HTML()
         self._held = False
         self.num_terms = widgets.IntSlider(value=num_terms, min=1, max=max_terms,
-                                           description="K", **_FOLLOWED)
+                                           description="K", **FOLLOWED)
         self.damping = DampingControl(damping)
         self.scale = widgets.FloatLogSlider(value=scale, base=10, min=-1,
                                             max=max_scale_exponent, description="V",
-                                            **_FOLLOWED)
+                                            **FOLLOWED)
         self.acceleration_order = widgets.IntSlider(
-            value=acceleration_order, min=0, max=10, description="r", **_FOLLOWED
+            value=acceleration_order, min=0, max=10, description="r", **FOLLOWED
         )
         # CSS classes by which the browser tests (tests/test_browser.py) find the parts
         for part, name in [(self.num_terms, "k-slider"), (self.damping.box, "damping"),
@@ -290,8 +108,8 @@ class _Panel:
                            (self.figure_box, "figure"), (self.readout, "readout")]:
             part.add_class(f"sfn-{name}")
 
-    def _box(self, *rows) -> _PanelBox:
-        return _PanelBox([*rows, self.message, self.figure_box, self.readout], self.static_png)
+    def _box(self, *rows) -> PanelBox:
+        return PanelBox([*rows, self.message, self.figure_box, self.readout], self.static_png)
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -319,9 +137,9 @@ class _Panel:
         try:
             warning = self._redraw()
         except Exception as error:  # noqa: BLE001 - a callback must never raise
-            self.message.value = _error_html(f"{type(error).__name__}: {error}")
+            self.message.value = error_html(f"{type(error).__name__}: {error}")
             return
-        self.message.value = _warning_html(warning) if warning else ""
+        self.message.value = warning_html(warning) if warning else ""
 
     def _redraw(self) -> str | None:  # pragma: no cover - abstract
         """Validate the controls, compute, then replace the curves' data and set the readout
@@ -334,7 +152,7 @@ class _Panel:
 
     def static_png(self) -> bytes:
         """The figure as it is now, as PNG (matplotlib; what an exported notebook shows)."""
-        return _figure_png(self._static_figure())
+        return figure_png(self._static_figure())
 
 
 class SaddleExplorer(_Panel):
@@ -356,9 +174,11 @@ class SaddleExplorer(_Panel):
     series optimiser only.
 
     After each update ``trajectories`` maps each ticked optimiser to its
-    :class:`~sfn_teach.toys.Trajectory`; the readout lists their final points and losses.
-    The left plot draws the trajectories over the toy's contours (an image), its critical
-    points and the start; the right one the loss against the step, titled by the settings.
+    :class:`~sfn_teach.toys.Trajectory`. The left plot draws the trajectories over the toy's
+    contours (an image, with its colour bar beside it), its critical points and the start;
+    the right one the loss against the step, titled by the settings. The readout is the
+    key to both: each run's colour, final point and loss, and why it stopped early
+    (:func:`~sfn_teach.plots.stop_reason`), then the markers.
     """
 
     def __init__(
@@ -371,23 +191,25 @@ class SaddleExplorer(_Panel):
         steps: int = 20,
     ):
         toy = get_toy(problem)
-        plots = (LivePlot("x", "y"), LivePlot("step t", _LOSS_AXES["linear"]))
+        plots = (LivePlot("x", "y"), LivePlot("step t", LOSS_AXES["linear"]))
         super().__init__(plots, num_terms, 50, damping, toy.scale, 6, acceleration_order)
         self.problem = widgets.Dropdown(
             options=[(t.name, key) for key, t in TOYS.items()], value=toy.key,
             description="problem",
         )
-        self.start_x = widgets.FloatText(value=toy.start[0], description="x₀", **_SLIDER)
-        self.start_y = widgets.FloatText(value=toy.start[1], description="y₀", **_SLIDER)
+        self.start_x = widgets.FloatText(value=toy.start[0], description="x₀", **SLIDER)
+        self.start_y = widgets.FloatText(value=toy.start[1], description="y₀", **SLIDER)
         self.optimizers = {
             key: widgets.Checkbox(value=key in optimizers, description=spec.label, indent=False)
             for key, spec in OPTIMIZERS.items()
         }
         self.lr = widgets.FloatLogSlider(value=toy.lr, base=10, min=-4, max=0,
-                                         description="lr (GD, momentum, Adam)", **_FOLLOWED)
+                                         description="lr (GD, momentum, Adam)", **FOLLOWED)
         self.steps = widgets.IntSlider(value=steps, min=1, max=200, description="steps",
-                                       **_FOLLOWED)
+                                       **FOLLOWED)
         self._add_curves()
+        self._colorbar = widgets.Image(format="png")
+        self.figure_box.children = (self.figures[0], self._colorbar, self.figures[1])
         self.widget = self._box(
             widgets.HBox([self.problem, self.start_x, self.start_y]),
             widgets.HBox(list(self.optimizers.values())),
@@ -405,23 +227,20 @@ class SaddleExplorer(_Panel):
         self.update()
 
     def _add_curves(self):
-        """The background, one scatter per kind of critical point, one line per optimiser on
-        each plot, and the start."""
+        """The background, one scatter per kind of critical point, the start (under the
+        paths, half transparent, so a first step beside it stays visible), and one line per
+        optimiser on each plot. No legend covers the plots: the readout is the key."""
         toy_plot, loss_plot = self.plots
         self._background = bqplot.Image(image=widgets.Image(format="png"),
                                         scales={"x": toy_plot.x, "y": toy_plot.y})
         toy_plot.figure.marks = [self._background]
-        for kind, style in CRITICAL_STYLES.items():
-            toy_plot.curve(kind, bqplot.Scatter, marker=_CRITICAL_MARKERS[kind],
-                           colors=[to_hex(style["color"])], stroke="white", default_size=90,
-                           labels=[kind], display_legend=True)
-        for key, spec in OPTIMIZERS.items():
-            style = dict(colors=[_color(key)], stroke_width=1.5, labels=[spec.label],
-                         display_legend=True)
+        add_critical_points(toy_plot)
+        toy_plot.curve("start", bqplot.Scatter, marker="diamond", colors=["gold"],
+                       stroke="black", default_size=110, opacities=[0.6])
+        for key in OPTIMIZERS:
+            style = dict(colors=[css_color(OPTIMIZER_COLORS[key])], stroke_width=1.5)
             toy_plot.curve(key, marker="circle", marker_size=12, **style)
             loss_plot.curve(key, **style)
-        toy_plot.curve("start", bqplot.Scatter, marker="diamond", colors=["gold"],
-                       stroke="black", default_size=120, labels=["start"], display_legend=True)
 
     def _on_problem(self, change):
         toy = TOYS[change["new"]]
@@ -447,9 +266,9 @@ class SaddleExplorer(_Panel):
 
     def _check(self):
         """Refuse what the optimisers would refuse, with a message a student can act on."""
-        _check_damping(self.damping.value)
+        check_damping(self.damping.value)
         if self.optimizers["series_sfn"].value:
-            _check_order(self.num_terms.value, self.acceleration_order.value)
+            check_order(self.num_terms.value, self.acceleration_order.value)
 
     def _run(self, chosen, start):
         """The runs of the ``chosen`` optimisers: from the cache where their inputs did not
@@ -475,21 +294,29 @@ class SaddleExplorer(_Panel):
         if self._drawn_problem != self.problem.value:
             self._draw_problem()
         scale = loss_scale([t.losses for t in self.trajectories.values()])
-        loss_plot.y_axis.label = _LOSS_AXES[scale]
+        loss_plot.y_axis.label = LOSS_AXES[scale]
         for key in OPTIMIZERS:
             run = self.trajectories.get(key)
             toy_plot.show(key, *((run.points[:, 0], run.points[:, 1]) if run else ()))
-            loss_plot.show(key, *((np.arange(len(run.losses)), _shown_loss(run.losses, scale))
+            loss_plot.show(key, *((np.arange(len(run.losses)), shown_loss(run.losses, scale))
                                   if run else ()))
         toy_plot.show("start", *([[x] for x in start] if chosen else ()))
         loss_plot.figure.title = self._settings()
         self.readout.value = "<br>".join(
-            f"<b>{html.escape(t.label)}</b>: θ = ({t.final_point[0]:.4g}, "
-            f"{t.final_point[1]:.4g}), f = {t.final_loss:.4g}"
-            + (f" — {html.escape(t.stopped.split(':')[0])}" if t.stopped else "")
-            for t in self.trajectories.values()
-        ) or "no optimiser chosen"
+            [self._key_line(key, run) for key, run in self.trajectories.items()]
+            or ["no optimiser chosen"]
+        ) + "<br>" + self._marker_key
         return warning
+
+    @staticmethod
+    def _key_line(key, run) -> str:
+        """The readout's line for one run: its colour (the key to both plots), label, final
+        point and loss, and why it stopped early (:func:`~sfn_teach.plots.stop_reason`)."""
+        reason = stop_reason(run)
+        return (f'<span style="color:{css_color(OPTIMIZER_COLORS[key])}">━●</span> '
+                f"<b>{html.escape(run.label)}</b>: θ = ({run.final_point[0]:.4g}, "
+                f"{run.final_point[1]:.4g}), f = {run.final_loss:.4g}"
+                + (f" — {html.escape(reason)}" if reason else ""))
 
     def _draw_problem(self):
         """What changes only with the problem: the contours (an image), the axes' ranges,
@@ -497,12 +324,17 @@ class SaddleExplorer(_Panel):
         toy, (toy_plot, _) = get_toy(self.problem.value), self.plots
         (x0, x1), (y0, y1) = toy.box
         with self._background.hold_sync():
-            self._background.image.value = _contour_png(toy)
+            self._background.image.value = contour_png(toy)
             self._background.x, self._background.y = [x0, x1], [y0, y1]
         toy_plot.x.min, toy_plot.x.max, toy_plot.y.min, toy_plot.y.max = x0, x1, y0, y1
-        for kind in CRITICAL_STYLES:
-            points = np.array([c.point for c in toy.critical_points if c.kind == kind])
-            toy_plot.show(kind, *((points[:, 0], points[:, 1]) if len(points) else ()))
+        show_critical_points(toy_plot, toy)
+        self._colorbar.value = colorbar_png(toy)
+        kinds = dict.fromkeys(c.kind for c in toy.critical_points)
+        self._marker_key = "<small>" + " · ".join(
+            ['<span style="color:#b8860b">◆</span> start']
+            + [f'<span style="color:{css_color(CRITICAL_STYLES[kind]["color"])}">'
+               f"{CRITICAL_MARKERS[kind][1]}</span> {kind}" for kind in kinds]
+        ) + "</small>"
         toy_plot.figure.title = f"{toy.name}: f = {toy.formula}"
         self._drawn_problem = toy.key
 
@@ -557,7 +389,7 @@ class FilterExplorer(_Panel):
         super().__init__(plots, num_terms, 200, damping, scale, 4, acceleration_order)
         self.kind = widgets.Dropdown(options=KINDS, value=kind, description="kind")
         for plot in plots:
-            plot.curve("filter", colors=[to_hex("tab:blue")], stroke_width=1.5,
+            plot.curve("filter", colors=[css_color("tab:blue")], stroke_width=1.5,
                        labels=["φ_K"], display_legend=True)
             plot.curve("limit", colors=["black"], stroke_width=1, line_style="dashed",
                        labels=["|h| = √(2V)"], display_legend=True)
@@ -577,8 +409,8 @@ class FilterExplorer(_Panel):
 
     def _redraw(self):
         (terms, scale, damping, kind), order = self._settings(), self.acceleration_order.value
-        _check_damping(damping)
-        _check_order(terms, order)
+        check_damping(damping)
+        check_order(terms, order)
         max_error = max_filter_error(terms, scale, damping, kind, order)
         h, phi, target, top = filter_curve(terms, scale, damping, kind,
                                            acceleration_order=order)

@@ -1,12 +1,16 @@
 """The widget panels, driven by setting control values in code as a browser would."""
 
+import ast
 import base64
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_hex
 
+from sfn_teach.plot_style import OPTIMIZER_COLORS
 from sfn_teach.plots import filter_curve, filter_error_curve, max_filter_error
 from sfn_teach.toys import OPTIMIZERS, TOYS, run_trajectories, run_trajectory, series_scale_limit
 from sfn_teach.widgets import DampingControl, FilterExplorer, SaddleExplorer
@@ -170,7 +174,7 @@ def test_optimiser_checkboxes_choose_the_trajectories(explorer):
     assert "adam" in explorer.trajectories and "Adam" in explorer.readout.value
     for box in explorer.optimizers.values():
         box.value = False
-    assert explorer.readout.value == "no optimiser chosen"
+    assert explorer.readout.value.startswith("no optimiser chosen")
     assert {name for _, name in shown(explorer)} == {"saddle"}  # the critical point only
 
 
@@ -178,6 +182,37 @@ def test_diverged_runs_say_so_in_the_readout():
     panel = SaddleExplorer("rosenbrock", optimizers=("gd",), steps=50)
     panel.lr.value = 0.5
     assert "diverged after" in panel.readout.value
+
+
+def test_runs_to_minus_infinity_read_unbounded_below_not_diverged():
+    panel = SaddleExplorer("paper", optimizers=("exact_sfn",), steps=40)
+    run = panel.trajectories["exact_sfn"]
+    assert run.stopped.startswith("diverged")  # the toy runner's words: |θ| left the box
+    assert f"unbounded below: f → −∞ after {run.num_steps} steps" in panel.readout.value
+    assert "diverged" not in panel.readout.value
+
+
+def test_the_readout_is_the_key_and_no_legend_covers_the_plots(explorer):
+    for key in explorer.trajectories:
+        assert to_hex(OPTIMIZER_COLORS[key]) in explorer.readout.value
+    assert "start" in explorer.readout.value and "saddle" in explorer.readout.value
+    for figure in explorer.figures:
+        assert not any(mark.display_legend for mark in figure.marks)
+    # the start is drawn before (under) the paths, half transparent
+    marks = explorer.figures[0].marks
+    start = explorer.plots[0].curves["start"]
+    assert marks.index(start) < min(marks.index(explorer.plots[0].curves[key])
+                                    for key in OPTIMIZERS)
+    assert start.opacities == [0.6]
+
+
+def test_the_contours_have_a_colour_bar_that_follows_the_problem(explorer):
+    bar = explorer._colorbar
+    assert bar in explorer.figure_box.children
+    before = bytes(bar.value)
+    assert before.startswith(PNG_SIGNATURE)
+    explorer.problem.value = "himmelblau"
+    assert bytes(bar.value).startswith(PNG_SIGNATURE) and bytes(bar.value) != before
 
 
 def shown_damping(control: DampingControl) -> float:
@@ -283,3 +318,25 @@ def test_filter_explorer_leaves_a_png_of_its_figure():
     ax_filter, ax_error = panel._static_figure().axes
     np.testing.assert_array_equal(ax_filter.lines[0].get_ydata(), filter_curve(6, 16.0)[1])
     assert "V = 16" in ax_error.get_title()
+
+
+# ---------------------------------------------------------------------------------------------
+# The modules of the panels and figures
+# ---------------------------------------------------------------------------------------------
+
+FIGURE_MODULES = ("plots", "series_plots", "plot_style", "widgets", "widget_parts", "live_plot",
+                  "benchmark_panel")
+
+
+@pytest.mark.parametrize("module", FIGURE_MODULES)
+def test_figure_and_panel_modules_are_short_and_import_only_public_names(module):
+    path = Path(__file__).resolve().parents[1] / "sfn_teach" / f"{module}.py"
+    source = path.read_text()
+    assert len(source.splitlines()) <= 500
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and (node.level or node.module.startswith("sfn_teach"))
+        for alias in node.names if alias.name.startswith("_")
+    ]
+    assert private == [], private
