@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import SfnTeachError
+
 DIGEST_SIZE = 32  # bytes of SHA-256
 _fault_counts: dict[str, int] = {}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SfnTeachError, RuntimeError):
     """A checkpoint file is missing, truncated, damaged or not loadable with weights_only."""
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checks import ArgumentError, SfnTeachError, integer
 from .images import (
     CLASSES,
     IMAGE_SHAPE,
@@ -71,24 +72,17 @@ _RETRY = "Run again to download afresh, or use another mirror (the url argument 
     "SFN_TEACH_CIFAR10_URL)."
 
 
-class CIFAR10Error(RuntimeError):
+class CIFAR10Error(SfnTeachError, RuntimeError):
     """A CIFAR-10 file is missing, corrupt, truncated or not the expected one."""
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def check_counts(num_train, num_test):
     """Validate image counts: positive, and ``num_train`` split evenly over five files."""
-    _check_positive_int("num_train", num_train)
-    _check_positive_int("num_test", num_test)
+    integer("num_train", num_train, 1)
+    integer("num_test", num_test, 1)
     if num_train % len(TRAIN_MEMBERS):
-        raise ValueError(
-            f"num_train must be a multiple of {len(TRAIN_MEMBERS)} (one fifth per data_batch "
-            f"file), got {num_train}"
-        )
+        raise ArgumentError("num_train", f"must be a multiple of {len(TRAIN_MEMBERS)} (one fifth "
+                                         f"per data_batch file), got {num_train}")
 
 
 @dataclass(frozen=True)
@@ -107,8 +101,8 @@ class ArchiveSpec:
 
     def __post_init__(self):
         if not (isinstance(self.sha256, str) and re.fullmatch("[0-9a-f]{64}", self.sha256)):
-            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
-        _check_positive_int("size", self.size)
+            raise ArgumentError("sha256", f"must be 64 lowercase hex digits, got {self.sha256!r}")
+        integer("size", self.size, 1)
         check_counts(self.num_train, self.num_test)
 
     @classmethod
@@ -327,7 +321,7 @@ def download_cifar10(
 
     ``data_dir`` and ``url`` default as described in the module docstring.
     """
-    _check_positive_int("max_attempts", max_attempts)
+    integer("max_attempts", max_attempts, 1)
     directory = cifar10_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / ARCHIVE_NAME

@@ -39,6 +39,8 @@ different bits.
 import os
 import sys
 
+from .checks import integer
+
 WAIT_POLICY = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "1"}
 """The environment variables of the wait policy and their values (module docstring)."""
 
@@ -102,9 +104,7 @@ def thread_budget(local_processes: int, cores: int | None = None) -> int:
     ``max(1, cores // local_processes)``, where ``cores`` defaults to the CPUs this process may
     run on (``os.sched_getaffinity``).
     """
-    if isinstance(local_processes, bool) or not isinstance(local_processes, int) \
-            or local_processes < 1:
-        raise ValueError(f"local_processes must be an int >= 1, got {local_processes!r}")
+    integer("local_processes", local_processes, 1)
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import ArgumentError, SfnTeachError, choice, integer, real
 from .cifar10 import CIFAR10Arrays, check_counts, load_cifar10, sha256_file
 from .cifar10_generated import load_generated_cifar10, synthetic_cifar10
 from .images import (
@@ -50,7 +51,7 @@ DIGITS_FILE = "digits.npz"
 SPLITS = ("train", "val", "test")
 
 
-class DataError(RuntimeError):
+class DataError(SfnTeachError, RuntimeError):
     """A data file is missing, corrupt or not what it should be."""
 
 
@@ -138,9 +139,7 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         """The part called ``name``: ``"train"``, ``"val"`` or ``"test"``."""
-        if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
-        return getattr(self, name)
+        return getattr(self, choice("split", name, SPLITS))
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -168,8 +167,7 @@ def load_digits(dtype=torch.float32, device="cpu", directory=None) -> Dataset:
     training part's statistics (:func:`standardise`), in ``dtype`` on ``device``; targets are
     the digits 0–9 as int64.
     """
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    choice("dtype", dtype, (torch.float32, torch.float64))
     directory = Path(directory) if directory is not None else data_dir()
     path = directory / DIGITS_FILE
     verify_checksum(
@@ -232,15 +230,13 @@ def cifar10_part_sizes(*, validation_fraction=0.1, num_train=50_000, num_test=10
 
     Raises ``ValueError`` naming the option when a part would be empty.
     """
-    for name, value in (("num_train", num_train), ("num_test", num_test)):
-        if value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value}")
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    integer("num_train", num_train, 1)
+    integer("num_test", num_test, 1)
+    real("validation_fraction", validation_fraction, 0.0, 1.0, low_open=True, high_open=True)
     held_out = validation_size(num_train, validation_fraction)
     if not 1 <= held_out < num_train:
-        raise ValueError(f"validation_fraction = {validation_fraction} holds out {held_out} of "
-                         f"num_train = {num_train} images; both parts need at least one")
+        raise ArgumentError("validation_fraction", f"= {validation_fraction} holds out {held_out} "
+                            f"of num_train = {num_train} images; both parts need at least one")
     return {"train": num_train - held_out, "val": held_out, "test": num_test}
 
 
@@ -252,15 +248,15 @@ def cifar10_sizes(*, generated=False, url="", num_train=50_000, num_test=10_000,
     """
     if generated:
         if url:
-            raise ValueError(f"url must be empty for a generated archive (it is written here, "
-                             f"not downloaded), got {url!r}")
+            raise ArgumentError("url", f"must be empty for a generated archive (it is written "
+                                       f"here, not downloaded), got {url!r}")
         check_counts(num_train, num_test)
     else:
-        for name, value, real in (("num_train", num_train, 50_000),
+        for name, value, size in (("num_train", num_train, 50_000),
                                   ("num_test", num_test, 10_000)):
-            if value != real:
-                raise ValueError(f"{name} must be {real:,} for the real archive (other sizes "
-                                 f"need generated = true), got {value}")
+            if value != size:
+                raise ArgumentError(name, f"must be {size:,} for the real archive (other "
+                                          f"sizes need generated = true), got {value}")
     return cifar10_part_sizes(num_train=num_train, num_test=num_test, **options)
 
 
@@ -400,19 +396,13 @@ class Batches:
 
     def __init__(self, split: Split, batch_size: int, seed: int, augment: Callable | None = None,
                  shard: tuple[int, int] = (0, 1)):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if batch_size > len(split):
-            raise ValueError(
-                f"batch_size must be at most the number of examples ({len(split)}), "
-                f"got {batch_size}"
-            )
+        integer("batch_size", batch_size, 1, len(split))  # at most the number of examples
         index, count = shard
         if not 0 <= index < count:
-            raise ValueError(f"shard must be (p, P) with 0 <= p < P, got {shard!r}")
+            raise ArgumentError("shard", f"must be (p, P) with 0 <= p < P, got {shard!r}")
         if batch_size % count:
-            raise ValueError(f"batch_size must be divisible by the number of shards {count}, "
-                             f"got {batch_size}")
+            raise ArgumentError("batch_size", f"must be divisible by the number of shards "
+                                              f"{count}, got {batch_size}")
         self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
         self.shard = slice(index * batch_size // count, (index + 1) * batch_size // count)
         self.steps_per_epoch = len(split) // batch_size

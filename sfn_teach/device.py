@@ -52,6 +52,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import ArgumentError, choice, flag
+
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
 """``precision.autocast`` values and the dtype :func:`torch.autocast` uses for each."""
 HVP_PRECISIONS = ("fp32", "bf16")
@@ -68,16 +70,16 @@ def resolve_device(name) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
-                         f"got {name!r}") from None
+        raise ArgumentError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                                      f"got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device is {name!r}, but no CUDA device is available")
+            raise ArgumentError("device", f"is {name!r}, but no CUDA device is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device is {name!r}, but there are only "
-                             f"{torch.cuda.device_count()} CUDA devices")
+            raise ArgumentError("device", f"is {name!r}, but there are only "
+                                          f"{torch.cuda.device_count()} CUDA devices")
     elif device.type != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+        raise ArgumentError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     return device
 
 
@@ -144,17 +146,13 @@ class Precision:
     hvp_tf32: bool = False
 
     def __post_init__(self):
-        if self.autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast must be one of {tuple(AUTOCAST_DTYPES)}, "
-                             f"got {self.autocast!r}")
-        if self.hvp not in HVP_PRECISIONS:
-            raise ValueError(f"hvp must be one of {HVP_PRECISIONS}, got {self.hvp!r}")
+        choice("autocast", self.autocast, AUTOCAST_DTYPES)
+        choice("hvp", self.hvp, HVP_PRECISIONS)
         if self.hvp == "bf16" and self.autocast != "bf16":
-            raise ValueError("hvp = 'bf16' runs curvature steps under bf16 autocast, so it "
-                             f"needs autocast = 'bf16', got autocast = {self.autocast!r}")
-        for name in ("tf32", "hvp_tf32"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            raise ArgumentError("hvp", "= 'bf16' runs curvature steps under bf16 autocast, so it "
+                                f"needs autocast = 'bf16', got autocast = {self.autocast!r}")
+        flag("tf32", self.tf32)
+        flag("hvp_tf32", self.hvp_tf32)
 
     def step(self, curvature: bool):
         """``(autocast dtype or None, TF32 allowed)`` of a first-order or a curvature step."""

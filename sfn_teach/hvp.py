@@ -34,7 +34,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checks import choice, integer
+from .checks import choice, integer, real
 
 HVP_BACKENDS = ("forward-over-reverse", "double-backward")
 PARAMS_BACKENDS = ("double-backward", "forward-over-reverse", "dense")
@@ -421,8 +421,7 @@ def power_iteration(
     """
     integer("dim", dim, 1)
     integer("num_iterations", num_iterations, 1)
-    if not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    real("tol", tol, 0.0)
     if init is None:
         q = torch.randn(dim, dtype=dtype, device=device, generator=generator)
     elif not isinstance(init, torch.Tensor) or init.shape != (dim,) or not init.norm() > 0:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import integer, real
+
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
@@ -68,8 +70,7 @@ def random_crop_flip(images, generator=None, padding=4):
     """
     if images.dim() != 4:
         raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+    integer("padding", padding, 0)
     n, channels, height, width = images.shape
     device = images.device
     source = generator.device if generator is not None else device
@@ -90,8 +91,7 @@ def random_crop_flip(images, generator=None, padding=4):
 
 def validation_size(num_train, fraction):
     """How many of ``num_train`` images :func:`validation_split` holds out, ``round(f·N)``."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+    real("fraction", fraction, 0.0, 1.0, high_open=True)
     return round(fraction * num_train)
 
 

@@ -6,6 +6,8 @@ and compared with the matrix-free products; ResNet-18 is the paper's large-scale
 
 from torch import nn
 
+from .checks import ArgumentError, choice, integer
+
 ACTIVATIONS = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -13,15 +15,6 @@ ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
     "softplus": nn.Softplus,
 }
-
-
-def _is_positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _check_positive_int(name, value):
-    if not _is_positive_int(value):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class MLP(nn.Module):
@@ -36,13 +29,10 @@ class MLP(nn.Module):
     def __init__(self, sizes=(64, 24, 10), activation="tanh"):
         super().__init__()
         sizes = tuple(sizes)
-        if len(sizes) < 2 or not all(_is_positive_int(size) for size in sizes):
-            raise ValueError(
-                f"sizes must be a sequence of at least 2 positive ints (input, ..., output), "
-                f"got {sizes!r}"
-            )
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        if len(sizes) < 2 or not all(type(size) is int and size >= 1 for size in sizes):
+            raise ArgumentError("sizes", "must be a sequence of at least 2 positive ints (input, "
+                                f"..., output), got {sizes!r}")
+        choice("activation", activation, ACTIVATIONS)
         layers = [nn.Flatten()]
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
@@ -93,9 +83,9 @@ def resnet18_cifar(num_classes=10, width=64, in_channels=3):
     a small ``width`` (e.g. 8) gives the same architecture for quick tests. Works in
     ``torch.channels_last`` memory format.
     """
-    _check_positive_int("num_classes", num_classes)
-    _check_positive_int("width", width)
-    _check_positive_int("in_channels", in_channels)
+    integer("num_classes", num_classes, 1)
+    integer("width", width, 1)
+    integer("in_channels", in_channels, 1)
     layers = [_conv_bn(in_channels, width, 3, 1), nn.ReLU()]
     channels = width
     for multiple, stride in zip((1, 2, 4, 8), (1, 2, 2, 2)):

@@ -30,7 +30,7 @@ from abc import abstractmethod
 
 import torch
 
-from .checks import choice, flag, integer, real
+from .checks import ArgumentError, choice, flag, integer, real
 from .hvp import PARAMS_BACKENDS
 from .scale import (
     GRADIENT_DESCENT_RATIO,
@@ -178,8 +178,8 @@ class SeriesSFN(CurvatureOptimizer):
         integer("num_terms", hp["num_terms"], 1)
         integer("acceleration_order", hp["acceleration_order"], 0)
         if hp["num_terms"] < 2 * hp["acceleration_order"] + 1:
-            raise ValueError(
-                f"num_terms must be >= 2*acceleration_order+1 = "
+            raise ArgumentError(
+                "num_terms", f"must be >= 2*acceleration_order+1 = "
                 f"{2 * hp['acceleration_order'] + 1} for Wynn's ε-algorithm of order "
                 f"{hp['acceleration_order']}, got num_terms={hp['num_terms']}"
             )

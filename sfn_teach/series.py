@@ -38,36 +38,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .checks import choice, integer, real
+
 KINDS = ("damped", "quasi-damped")
-
-
-# --------------------------------------------------------------------------------------------
-# Validation helpers (shared by every public function of the module)
-# --------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def _check_real(name: str, value, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        valid = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be finite and {valid}, got {value}")
-    return value
-
-
-def _check_kind(kind) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +54,7 @@ def sqrt_coefficients(num_terms: int) -> torch.Tensor:
     ``b_j = (−1)^j binom(½, j)``: ``b_0 = 1`` and ``b_j = b_{j−1} (j − 3/2)/j``, so that
     ``b_1 = −½, b_2 = −⅛, …``; every ``b_j`` with ``j ≥ 1`` is negative.
     """
-    _check_int("num_terms", num_terms, 1)
+    integer("num_terms", num_terms, 1)
     b = torch.empty(num_terms, dtype=torch.float64)
     b[0] = 1.0
     for j in range(1, num_terms):
@@ -107,10 +80,10 @@ def series_coefficients(
     ``kind="quasi-damped"`` returns the undamped ``a_k`` whatever the damping: that variant
     puts ``λ`` into ``x = 1 − (h² + λ)/V`` instead.
     """
-    _check_int("num_terms", num_terms, 1)
-    damping = _check_real("damping", damping, positive=False)
-    scale = _check_real("scale", scale, positive=True)
-    d = 0.0 if _check_kind(kind) == "quasi-damped" else damping / math.sqrt(scale)
+    integer("num_terms", num_terms, 1)
+    damping = real("damping", damping, 0.0)
+    scale = real("scale", scale, 0.0, low_open=True)
+    d = 0.0 if choice("kind", kind, KINDS) == "quasi-damped" else damping / math.sqrt(scale)
     b = sqrt_coefficients(num_terms)
     c = torch.empty(num_terms, dtype=torch.float64)
     c[0] = 1.0 / (1.0 + d)
@@ -151,12 +124,12 @@ def spectral_filter(
     and diverges geometrically like ``|x|^K`` beyond ``|h| = √(2V)``. Evaluated by Horner's
     rule in float64 (or the dtype of ``h`` if wider).
     """
-    _check_int("num_terms", num_terms, 1)
-    scale = _check_real("scale", scale, positive=True)
-    damping = _check_real("damping", damping, positive=False)
+    integer("num_terms", num_terms, 1)
+    scale = real("scale", scale, 0.0, low_open=True)
+    damping = real("damping", damping, 0.0)
     h = torch.as_tensor(h)
     dtype = torch.promote_types(h.dtype, torch.float64)
-    x = _series_variable(h.to(dtype), scale, damping, _check_kind(kind))
+    x = _series_variable(h.to(dtype), scale, damping, choice("kind", kind, KINDS))
     c = series_coefficients(num_terms, damping, scale, kind).to(dtype=dtype, device=h.device)
     total = torch.zeros_like(x)
     for ck in c.flip(0):
@@ -166,9 +139,9 @@ def spectral_filter(
 
 def filter_target(h: torch.Tensor, damping: float = 0.0, kind: str = "damped") -> torch.Tensor:
     """The function the series approximates: ``1/(|h| + λ)`` or, quasi-damped, ``(h² + λ)^(-½)``."""
-    damping = _check_real("damping", damping, positive=False)
+    damping = real("damping", damping, 0.0)
     h = torch.as_tensor(h).to(torch.promote_types(torch.as_tensor(h).dtype, torch.float64))
-    if _check_kind(kind) == "quasi-damped":
+    if choice("kind", kind, KINDS) == "quasi-damped":
         return (h * h + damping).rsqrt()
     return 1.0 / (h.abs() + damping)
 
@@ -201,7 +174,7 @@ def wynn_epsilon(
     The result is not finite when two neighbouring entries of a column coincide (the
     sequence has already converged); :func:`sfn_series` then falls back to the plain sum.
     """
-    order = _check_int("order", order, 0)
+    order = integer("order", order, 0)
     if not isinstance(sablonniere, bool):
         raise TypeError(f"sablonniere must be a bool, got {sablonniere!r}")
     if len(partial_sums) < 2 * order + 1:
@@ -287,9 +260,9 @@ def ritz_values(
     Returns the Ritz values of ``H²`` in ascending order (float64; empty if ``g = 0`` or there
     are fewer than two moments).
     """
-    scale = _check_real("scale", scale, positive=True)
-    damping = _check_real("damping", damping, positive=False)
-    shift = damping if _check_kind(kind) == "quasi-damped" else 0.0
+    scale = real("scale", scale, 0.0, low_open=True)
+    damping = real("damping", damping, 0.0)
+    shift = damping if choice("kind", kind, KINDS) == "quasi-damped" else 0.0
     nu = torch.as_tensor(list(moments), dtype=torch.float64)
     size = min(len(nu) // 2, MAX_RITZ_DIMENSION)
     if size == 0 or not nu[0] > 0 or not torch.isfinite(nu).all():
@@ -347,11 +320,11 @@ def sfn_series(
     sum so far (not to be used), and ``num_hvps``, the moments and ``ritz_values`` cover the
     terms computed. A caller that will retry with a larger ``V`` wastes no products that way.
     """
-    num_terms = _check_int("num_terms", num_terms, 1)
-    scale = _check_real("scale", scale, positive=True)
-    damping = _check_real("damping", damping, positive=False)
-    acceleration_order = _check_int("acceleration_order", acceleration_order, 0)
-    kind = _check_kind(kind)
+    num_terms = integer("num_terms", num_terms, 1)
+    scale = real("scale", scale, 0.0, low_open=True)
+    damping = real("damping", damping, 0.0)
+    acceleration_order = integer("acceleration_order", acceleration_order, 0)
+    kind = choice("kind", kind, KINDS)
     if not isinstance(grad, torch.Tensor) or grad.dim() != 1:
         raise ValueError("grad must be a 1-D (flat) tensor")
     if num_terms < 2 * acceleration_order + 1:

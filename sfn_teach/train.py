@@ -1,9 +1,8 @@
 """One training loop for every optimiser, with evaluation, cost accounting and exact resume.
 
-**Closures.** The curvature optimisers of :mod:`sfn_teach.optim` take the gradient and the
-Hessian-vector products themselves: their closure *returns* the loss. ``torch.optim``
-optimisers expect the closure to zero the gradients and call ``backward``. :func:`make_closure`
-is the one place that knows this; the loop is otherwise the same for all.
+**Closures.** :func:`make_closure` evaluates the loss of a batch and hands it to
+:func:`sfn_teach.registry.step_closure`, which knows what each kind of optimiser expects; the loop
+is otherwise the same for all.
 
 **BatchNorm.** The gradient and the Hessian-vector products of a step are taken on the same
 batch and model state, in training mode (batch statistics). Running statistics are updated
@@ -52,9 +51,7 @@ reproducible step for step; everything else about it is. Data-parallel, rank 0's
 decides for every rank (the ranks' clocks differ, and they must stop at the same step).
 
 **Curvature diagnostics** (small models, ``curvature_every``): every few evaluations the
-record also holds, on a fixed diagnostic batch, the largest ``h²`` of the dense Hessian and the
-cosines between the gradient, the series direction and the exact saddle-free Newton direction
-(:func:`curvature_diagnostics`). Like evaluation, they are neither timed nor counted as work.
+record also holds :func:`sfn_teach.diagnostics.curvature_diagnostics` on a fixed batch.
 
 **Determinism.** The data order and augmentation are a function of ``(seed, step)``
 (:class:`sfn_teach.data.Batches`) and :meth:`Trainer.state_dict` holds everything else that
@@ -79,30 +76,27 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import rng_state, set_rng_state
+from .checks import ArgumentError, integer, real
 from .data import SPLITS, Batches, Dataset, Split
 from .device import Precision, autocast, tf32, timed
+from .diagnostics import CURVATURE_FIELDS, curvature_diagnostics, hessian_eigenvalues
 from .distributed import GradientMean, rank, world_size
-from .hvp import DENSE_MAX_DIM, ModelHVP, batchnorm_policy
+from .hvp import DENSE_MAX_DIM, batchnorm_policy
 from .models import count_parameters
-from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN, StepStats
-from .series import exact_sfn_direction, sfn_series
+from .optim import CurvatureOptimizer, StepStats
+from .registry import OPTIMIZERS, step_closure
 
-OPTIMIZERS = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "series_sfn": SeriesSFN,
-    "exact_sfn": ExactSFN,
-    "newton": Newton,
-}
-"""The optimisers a benchmark can name, by their config ``type``."""
+__all__ = [
+    "CURVATURE_FIELDS", "OPTIMIZERS", "STAT_FIELDS", "TIMING_FIELDS", "CostModel", "Trainer",
+    "curvature_diagnostics", "evaluate", "hessian_eigenvalues", "make_closure",
+    "seed_everything",
+]
 
 STAT_FIELDS = ("scale", "damping", "alpha", "mu", "rho", "lambda_max", "scale_ratio",
                "implicit_damping")
 """Statistics of the last step copied into every record: ``V``, ``λ``, ``α``, ``μ``, ``ρ`` and,
 from :class:`~sfn_teach.optim.SeriesSFN`, ``λ̂_max`` (a Ritz estimate of the largest ``|h|``),
 ``V/λ̂_max²`` and the implicit damping ``½√(πV/K)``."""
-CURVATURE_FIELDS = ("lambda_max_squared", "cos_gradient_exact", "cos_series_exact")
-"""The record fields of the curvature diagnostics (:func:`curvature_diagnostics`)."""
 TIMING_FIELDS = ("wall_clock", "warmup_seconds", "compile_seconds", "allreduce_seconds",
                  "allreduce_share")
 """The record fields that are measured times (they differ between otherwise identical runs)."""
@@ -127,24 +121,6 @@ class CostModel:
         return gradients + self.hvp * hvps + self.forward * forward
 
 
-def _check_count(name: str, value, low: int, high: float = math.inf) -> int:
-    """Return ``value`` if it is an int with ``low ≤ value ≤ high``; else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        valid = f">= {low}" if high == math.inf else f"between {low} and {high}"
-        raise ValueError(f"{name} must be an int {valid}, got {value!r}")
-    return value
-
-
-def _check_time_budget(time_budget) -> None:
-    """Raise a ValueError unless ``time_budget`` is ``None`` or a finite number > 0."""
-    if time_budget is None:
-        return
-    if (isinstance(time_budget, bool) or not isinstance(time_budget, (int, float))
-            or not math.isfinite(time_budget) or time_budget <= 0):
-        raise ValueError(f"time_budget must be None or a finite number of seconds > 0, "
-                         f"got {time_budget!r}")
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), NumPy's global generator and Python's :mod:`random`."""
     torch.manual_seed(seed)
@@ -156,11 +132,10 @@ def make_closure(optimizer, model, loss_fn, inputs, targets, *, forward=None,
                  autocast_dtype=None, gradient_mean=None):
     """The closure of one step on the batch ``(inputs, targets)``.
 
-    For a :class:`sfn_teach.optim.CurvatureOptimizer` it returns ``loss_fn(forward(inputs),
-    targets)`` and nothing else; for any other optimiser it zeroes the gradients, computes the
-    loss, calls ``backward`` and returns the loss, as ``torch.optim`` expects. Data-parallel,
-    ``gradient_mean`` (a :class:`sfn_teach.distributed.GradientMean`) then averages the loss
-    and the gradients over the ranks (a curvature optimiser does that itself). ``forward`` is
+    The loss is ``loss_fn(forward(inputs), targets)``, made a closure by
+    :func:`sfn_teach.registry.step_closure` (only the loss for a curvature optimiser; with
+    ``backward`` for ``torch.optim``, then, data-parallel, ``gradient_mean``, a
+    :class:`sfn_teach.distributed.GradientMean`, averages loss and gradients). ``forward`` is
     the callable that computes the outputs (default ``model``, or e.g. the model compiled by
     ``torch.compile``); with ``autocast_dtype`` the forward pass (not the backward) runs under
     ``torch.autocast`` of that dtype on the inputs' device.
@@ -181,16 +156,7 @@ def make_closure(optimizer, model, loss_fn, inputs, targets, *, forward=None,
         with batchnorm, autocast(inputs.device, autocast_dtype):
             return loss_fn(forward(inputs), targets)
 
-    if isinstance(optimizer, CurvatureOptimizer):
-        return loss
-
-    def loss_and_gradient():
-        optimizer.zero_grad()
-        value = loss()
-        value.backward()
-        return value if gradient_mean is None else gradient_mean(value)
-
-    return loss_and_gradient
+    return step_closure(optimizer, loss, gradient_mean)
 
 
 @torch.no_grad()
@@ -215,95 +181,19 @@ def evaluate(model, loss_fn, split: Split, batch_size: int | None = None) -> dic
     return {"loss": total_loss / len(split), "accuracy": correct / len(split)}
 
 
-def _hessian_and_gradient(model, loss_fn, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dense Hessian ``H`` and the gradient ``g`` of ``loss_fn(model(inputs), targets)``.
-
-    ``H`` over all parameters of ``model`` is formed column by column from ``n`` exact
-    Hessian-vector products (:meth:`sfn_teach.hvp.ModelHVP.dense`: BatchNorm on batch
-    statistics, running statistics untouched; at most ``DENSE_MAX_DIM`` parameters), with TF32
-    off.
-    """
-    with tf32(False):
-        operator = ModelHVP(model, loss_fn, inputs, targets)
-        return operator.dense(), operator.grad
-
-
-def hessian_eigenvalues(model, loss_fn, inputs, targets) -> torch.Tensor:
-    """The eigenvalues ``h_1 ≤ … ≤ h_n`` of the Hessian of ``loss_fn(model(inputs), targets)``.
-
-    ``H`` is formed from ``n`` exact Hessian-vector products (BatchNorm on batch statistics)
-    and diagonalised with ``torch.linalg.eigvalsh``: small models only.
-    """
-    hessian, _ = _hessian_and_gradient(model, loss_fn, inputs, targets)
-    return torch.linalg.eigvalsh(hessian)
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``cos(a, b) = aᵀb / (‖a‖ ‖b‖)``."""
-    return float(a @ b / (a.norm() * b.norm()))
-
-
-def curvature_diagnostics(model, loss_fn, inputs, targets, optimizer) -> dict:
-    """How the directions of ``optimizer`` compare with exact saddle-free Newton, now.
-
-    On the batch ``(inputs, targets)``, with ``H`` the dense Hessian (eigenvalues ``h_i``) and
-    ``g`` the gradient of the loss there (:func:`hessian_eigenvalues`' construction), returns
-
-    - ``lambda_max_squared = max_i h_i²``, the largest eigenvalue of ``H²``: the series
-      converges where ``h² ≤ 2V``, so compare it with the ``V`` the optimiser uses;
-    - ``cos_gradient_exact = cos(g, Δ_exact)`` with ``Δ_exact = (|H| + λI)⁻¹ g``
-      (:func:`sfn_teach.series.exact_sfn_direction`, in the optimiser's ``kind``), where ``λ``
-      is the optimiser's current damping (its ``λ₀`` before the first step);
-    - ``cos_series_exact = cos(Δ_series, Δ_exact)`` for a :class:`~sfn_teach.optim.SeriesSFN`,
-      with ``Δ_series`` the series of its ``K``, ``r``, ``sablonniere`` and ``kind`` at its
-      current ``V`` and ``λ`` (:func:`sfn_teach.series.sfn_series` on ``v ↦ Hv``), i.e. the
-      direction its next step would take on this batch were ``V`` kept; from its first step on
-      (before it, it has no ``V`` yet).
-
-    ``Δ_exact`` is well defined only for ``λ > 0``: a network's Hessian has exactly flat
-    directions (e.g. the weights of an input that is always 0), along which ``(|H|)⁻¹g`` is
-    ``0/0``. So both cosines are ``None`` for ``λ = 0`` and for an optimiser without a damping
-    (``torch.optim``); ``cos_series_exact`` is ``None`` for every other optimiser too. The
-    model, the optimiser and every random generator are left as they were: this is an
-    instrument, and costs ``n`` Hessian-vector products (small models only).
-    """
-    hessian, grad = _hessian_and_gradient(model, loss_fn, inputs, targets)
-    eigenvalues = torch.linalg.eigvalsh(hessian)
-    diagnostics = dict.fromkeys(CURVATURE_FIELDS)
-    diagnostics["lambda_max_squared"] = float(eigenvalues.square().max())
-    if not isinstance(optimizer, CurvatureOptimizer):
-        return diagnostics
-    hyperparameters = optimizer.param_groups[0]
-    first = next(p for group in optimizer.param_groups for p in group["params"]
-                 if p.requires_grad)
-    state = optimizer.state[first]  # where a curvature optimiser keeps V and λ
-    damping = state.get("damping", hyperparameters["damping"])
-    if damping == 0:
-        return diagnostics
-    kind = hyperparameters.get("kind", "damped")
-    exact = exact_sfn_direction(hessian, grad, damping, kind)
-    diagnostics["cos_gradient_exact"] = _cosine(grad, exact)
-    if isinstance(optimizer, SeriesSFN) and state.get("scale") is not None:
-        series = sfn_series(lambda v: hessian @ v, grad, hyperparameters["num_terms"],
-                            state["scale"], damping, hyperparameters["acceleration_order"],
-                            hyperparameters["sablonniere"], kind)
-        diagnostics["cos_series_exact"] = _cosine(series.direction, exact)
-    return diagnostics
-
-
 def _diagnostic_batch(model, dataset, curvature_every, curvature_batch_size, process_group):
     """The first ``curvature_batch_size`` training examples as ``(model inputs, targets)``,
     after checking that :class:`Trainer` can record curvature diagnostics every
     ``curvature_every`` records (a ValueError names the argument and its valid range)."""
-    _check_count("curvature_every", curvature_every, 1)
+    integer("curvature_every", curvature_every, 1)
     if count_parameters(model) > DENSE_MAX_DIM:
-        raise ValueError(f"curvature_every needs the dense Hessian: at most "
-                         f"sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM} parameters, but the "
-                         f"model has {count_parameters(model)}")
+        raise ArgumentError("curvature_every", f"needs the dense Hessian: at most "
+                            f"sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM} parameters, but the "
+                            f"model has {count_parameters(model)}")
     if process_group is not None:
-        raise ValueError("curvature_every must be None when data-parallel (process_group "
-                         "set): the diagnostics run in one process")
-    _check_count("curvature_batch_size", curvature_batch_size, 1, len(dataset.train))
+        raise ArgumentError("curvature_every", "must be None when data-parallel (process_group "
+                            "set): the diagnostics run in one process")
+    integer("curvature_batch_size", curvature_batch_size, 1, len(dataset.train))
     return next(dataset.train.chunks(curvature_batch_size))
 
 
@@ -359,7 +249,7 @@ class Trainer:
         curvature_every: int | None = None,
         curvature_batch_size: int | None = None,
     ):
-        _check_count("warmup_steps", warmup_steps, 0)
+        integer("warmup_steps", warmup_steps, 0)
         self.curvature_every = curvature_every
         self.curvature_batch = None if curvature_every is None else _diagnostic_batch(
             model, dataset, curvature_every,
@@ -537,7 +427,8 @@ class Trainer:
         ``progress`` shows a tqdm bar (a widget in notebooks). Returns the records made by
         this call.
         """
-        _check_time_budget(time_budget)
+        if time_budget is not None:  # s of training time
+            real("time_budget", time_budget, 0.0, low_open=True)
         records = []
 
         def emit():

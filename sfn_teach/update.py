@@ -50,11 +50,11 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .checks import flag, integer, real
+from .checks import ArgumentError, ArgumentTypeError, SfnTeachError, flag, integer, real
 from .hvp import ParamsHVP, flatten, unflatten
 
 
-class NonFiniteStepError(ValueError):
+class NonFiniteStepError(SfnTeachError, ValueError):
     """Too many consecutive steps produced a non-finite loss, gradient or update."""
 
 
@@ -219,8 +219,8 @@ def _check_common(hp):
     if hp["damping_max"] is not None:
         hp["damping_max"] = real("damping_max", hp["damping_max"], hp["damping_min"])
         if hp["damping"] > hp["damping_max"]:
-            raise ValueError(
-                f"damping must be <= damping_max = {hp['damping_max']}, got {hp['damping']}"
+            raise ArgumentError(
+                "damping", f"must be <= damping_max = {hp['damping_max']}, got {hp['damping']}"
             )
     integer("max_skipped_steps", hp["max_skipped_steps"], 0)
 
@@ -262,12 +262,12 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
         tensors = [p for group in self.param_groups for p in group["params"]]
         kinds = {(p.dtype, p.device) for p in tensors}
         if len(kinds) > 1:
-            raise ValueError(
-                "params must share one dtype and device (the series works on one flat vector), "
-                f"got {sorted(str(k) for k in kinds)}"
+            raise ArgumentError(
+                "params", "must share one dtype and device (the series works on one flat "
+                f"vector), got {sorted(str(k) for k in kinds)}"
             )
         if not all(p.dtype.is_floating_point for p in tensors):
-            raise TypeError("params must be floating-point tensors")
+            raise ArgumentTypeError("params", "must be floating-point tensors")
         self.stats: Mapping = {}
 
     # -- what a subclass provides ----------------------------------------------------------------
@@ -296,8 +296,8 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
         for group in self.param_groups[1:]:
             for key, value in first.items():
                 if key != "params" and group.get(key) != value:
-                    raise ValueError(
-                        f"{key} must be the same in every parameter group "
+                    raise ArgumentError(
+                        key, "must be the same in every parameter group "
                         f"({value!r} != {group.get(key)!r}): the direction uses one curvature "
                         "operator over all parameters"
                     )
@@ -358,9 +358,9 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
         happened.
         """
         if closure is None or not callable(closure):
-            raise TypeError(
-                f"{type(self).__name__}.step needs a closure that re-evaluates the model and "
-                f"returns the loss tensor (without calling backward), got closure={closure!r}"
+            raise ArgumentTypeError(
+                "closure", f"of {type(self).__name__}.step must be a callable that re-evaluates "
+                f"the model and returns the loss tensor (without calling backward), got {closure!r}"
             )
         hp, params = self._hyperparameters(), self._params()
         state = self._global_state(hp)

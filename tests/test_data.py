@@ -120,7 +120,7 @@ def test_batches_are_a_function_of_seed_and_step(digits):
 
 def test_batches_reject_bad_sizes():
     split = Split(torch.zeros(10, 2), torch.zeros(10, dtype=torch.int64))
-    with pytest.raises(ValueError, match="batch_size must be at most the number of examples"):
-        Batches(split, 11, seed=0)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be an int between 1 and 10, got 11"):
+        Batches(split, 11, seed=0)  # at most the number of examples
+    with pytest.raises(ValueError, match="batch_size must be an int between 1 and 10, got 0"):
         Batches(split, 0, seed=0)

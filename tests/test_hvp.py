@@ -456,7 +456,7 @@ def test_power_iteration_bad_input():
         power_iteration(lambda x: x, 3, num_iterations=0)
     with pytest.raises(TypeError, match="num_iterations must be an int"):
         power_iteration(lambda x: x, 3, num_iterations=2.5)
-    with pytest.raises(ValueError, match="tol must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match="tol must be finite and >= 0, got -1"):
         power_iteration(lambda x: x, 3, tol=-1)
     with pytest.raises(ValueError, match=r"init must be None or a non-zero tensor of shape \(3,\)"):
         power_iteration(lambda x: x, 3, init=torch.zeros(3))

@@ -89,9 +89,9 @@ def test_resnet18_channels_last_matches_contiguous():
 
 
 def test_resnet18_bad_input():
-    with pytest.raises(ValueError, match="width must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="width must be an int >= 1, got 0"):
         resnet18_cifar(width=0)
-    with pytest.raises(ValueError, match="num_classes must be a positive int, got -1"):
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got -1"):
         resnet18_cifar(num_classes=-1)
-    with pytest.raises(ValueError, match="in_channels must be a positive int, got 2.0"):
+    with pytest.raises(ValueError, match="in_channels must be an int >= 1, got 2.0"):
         resnet18_cifar(in_channels=2.0)

@@ -42,22 +42,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import CheckpointError
-from ..cifar10 import CIFAR10Error
+from ..checks import SfnTeachError
 from ..cpu import thread_budget
-from ..data import DataError
 from ..distributed import init_process_group, torchrun_launch
-from ..optim import NonFiniteStepError
 from .config import load_config, tomllib
 from .fields import ConfigError
-from .rundir import RunDirectoryError
 from .runner import (
     data_parallel_config,
     fast_from_environment,
     report_benchmark,
     run_benchmark,
 )
-from .tune import ClusterError, RayNotInstalledError, tune_benchmark
+from .tune import tune_benchmark
 
 COMMANDS = ("run", "report", "tune")
 
@@ -186,8 +182,7 @@ def main(argv=None) -> int:
     except ConfigError as problem:
         say(f"error: {problem}")
         return 2
-    except (DataError, CIFAR10Error, CheckpointError, RunDirectoryError, NonFiniteStepError,
-            RayNotInstalledError, ClusterError, OSError) as problem:
+    except (SfnTeachError, OSError) as problem:  # every error of the package, and the system's
         say(f"error: {problem}")
         return 1
     except KeyboardInterrupt:

@@ -47,7 +47,7 @@ optimiser once on a dummy parameter, so the rules are the optimiser's own. Schem
 
     [[optimizers]]               # one table per optimiser
     name = "Adam"                # label in tables and plots, unique
-    type = "adam"                # a key of sfn_teach.train.OPTIMIZERS
+    type = "adam"                # a key of sfn_teach.registry.OPTIMIZERS
     batch_size = 400             # optional override of train.batch_size
     lr = 1e-3                    # every other key is a hyperparameter of the optimiser
 
@@ -61,7 +61,6 @@ not what is computed: a run directory may be resumed with other values for them.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -70,12 +69,13 @@ from pathlib import Path
 
 import torch
 
-from ..data import DATASETS
+from ..checks import ArgumentError
+from ..data import DATASETS, SPLITS
 from ..device import Precision, memory_format, resolve_device
 from ..hvp import DENSE_MAX_DIM
 from ..models import MLP, count_parameters, resnet18_cifar
-from ..optim import CurvatureOptimizer
-from ..train import OPTIMIZERS, CostModel
+from ..registry import OPTIMIZERS
+from ..train import CostModel
 from .fields import (
     ConfigError,
     check_choice,
@@ -92,7 +92,6 @@ except ModuleNotFoundError:  # Python 3.10: the backport, a dependency there
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DENSE_OPTIMIZERS = ("exact_sfn", "newton")  # they form the Hessian: DENSE_MAX_DIM parameters
-SPLIT_NAMES = ("train", "val", "test")
 TOP_LEVEL = ("name", "task", "dtype", "device", "compile", "data", "model", "precision",
              "train", "cost", "report", "fast", "optimizers", "tune")
 FAST_DEFAULTS = {"steps": 4, "evals": 2}
@@ -147,7 +146,8 @@ def _options(value, path, defaults, extra=()):
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One optimiser of a benchmark: ``OPTIMIZERS[type](params, **hyperparameters)``."""
+    """One optimiser of a benchmark: ``OPTIMIZERS[type](params, **hyperparameters)``
+    (:data:`sfn_teach.registry.OPTIMIZERS`)."""
 
     name: str
     type: str
@@ -162,10 +162,10 @@ class OptimizerSpec:
         gradient and products over the ranks itself; a ``torch.optim`` optimiser gets averaged
         gradients from the trainer instead (:class:`sfn_teach.train.Trainer`).
         """
-        optimizer_class = OPTIMIZERS[self.type]
-        if process_group is not None and issubclass(optimizer_class, CurvatureOptimizer):
-            return optimizer_class(params, **self.hyperparameters, process_group=process_group)
-        return optimizer_class(params, **self.hyperparameters)
+        entry = OPTIMIZERS[self.type]
+        parallel = {} if process_group is None or entry.uses_backward else {
+            "process_group": process_group}
+        return entry(params, **self.hyperparameters, **parallel)
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,9 @@ def _mlp(spec, info):
 def _resnet18(spec, info):
     """The CIFAR ResNet-18 of a ``[model]`` table with type "resnet18" (image tasks only)."""
     if len(info.input_shape) != 3:
-        raise ValueError(f"type resnet18 needs image inputs (channels, height, width), but task "
-                         f"{info.name!r} has inputs of shape {info.input_shape}")
+        raise ArgumentError("type", f"resnet18 needs image inputs (channels, height, width), "
+                                    f"but task {info.name!r} has inputs of shape "
+                                    f"{info.input_shape}")
     return resnet18_cifar(info.num_classes, spec["width"], in_channels=info.input_shape[0])
 
 
@@ -263,42 +264,14 @@ def channels_last_ignored(config: BenchmarkConfig) -> str | None:
     return None
 
 
-def _field_in_message(error, keys, path):
-    """``path.key`` for the first of ``keys`` that the message of ``error`` names, else ``path``."""
-    named = [key for key in keys if re.search(rf"\b{re.escape(key)}\b", str(error))]
-    return f"{path}.{named[0]}" if named else path
-
-
-def hyperparameter_names(kind) -> list:
-    """The hyperparameters a config may set for optimiser type ``kind``: the arguments of its
-    constructor but ``params`` and ``process_group`` (set by the runner)."""
-    return [p for p in inspect.signature(OPTIMIZERS[kind]).parameters
-            if p not in ("params", "process_group")]
-
-
 def _check_optimizer(kind, hyperparameters, path):
-    """Construct the optimiser once on a dummy parameter; name the culprit if it refuses.
-
-    The culprit is the hyperparameter the error message names, else the first one that is
-    refused on its own (all others at their defaults).
-    """
-    optimizer_class = OPTIMIZERS[kind]
-
-    def refused(**chosen):
-        try:
-            optimizer_class([torch.zeros(1, requires_grad=True)], **chosen)
-        except (TypeError, ValueError) as error:
-            return error
-        return None
-
-    error = refused(**hyperparameters)
-    if error is None:
-        return
-    field = _field_in_message(error, hyperparameters, path)
-    if field == path:
-        field = next((f"{path}.{key}" for key, value in hyperparameters.items()
-                      if refused(**{key: value})), path)
-    raise ConfigError(field, f"invalid hyperparameters for {kind}: {error}")
+    """Construct the optimiser once on a dummy parameter: its refusal names the field."""
+    try:
+        OPTIMIZERS[kind]([torch.zeros(1, requires_grad=True)], **hyperparameters)
+    except ArgumentError as error:
+        raise ConfigError.within(path, error, f"invalid for {kind}: ") from None
+    except (TypeError, ValueError) as error:  # torch.optim's own checks name no field
+        raise ConfigError(path, f"invalid hyperparameters for {kind}: {error}") from None
 
 
 def _model(raw, info):
@@ -310,9 +283,8 @@ def _model(raw, info):
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
             model = build(spec, info)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(_field_in_message(error, ("type", *defaults), "model"),
-                          str(error)) from None
+    except ArgumentError as error:
+        raise ConfigError.within("model", error) from None
     return spec, count_parameters(model)
 
 
@@ -321,21 +293,18 @@ def _data(raw, info):
     options = _options(raw, "data", info.options)
     try:
         sizes = info.sizes(**options)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(_field_in_message(error, options, "data"), str(error)) from None
+    except ArgumentError as error:
+        raise ConfigError.within("data", error) from None
     return options, sizes
 
 
 def _precision(raw):
     """The ``[precision]`` table as a :class:`sfn_teach.device.Precision`."""
     table = _options(raw, "precision", PRECISION_DEFAULTS)
-    check_choice(table["autocast"], "precision.autocast", ("none", "bf16"))
-    check_choice(table["hvp"], "precision.hvp", ("fp32", "bf16"))
     try:
         return Precision(**table)
-    except ValueError as error:
-        raise ConfigError(_field_in_message(error, ("hvp", "autocast"), "precision"),
-                          str(error)) from None
+    except ArgumentError as error:
+        raise ConfigError.within("precision", error) from None
 
 
 def _optimizer(raw, i, default_batch_size, num_train):
@@ -353,15 +322,9 @@ def _optimizer(raw, i, default_batch_size, num_train):
         raise ConfigError(f"{path}.batch_size", "missing: set it here or in train.batch_size")
     check_int(batch_size, f"{path}.batch_size", 1, num_train)
     hyperparameters = {k: v for k, v in raw.items() if k not in ("name", "type", "batch_size")}
-    valid = hyperparameter_names(kind)
     for key, value in hyperparameters.items():
-        if key not in valid:
-            raise ConfigError(f"{path}.{key}",
-                              f"unknown hyperparameter of {kind} (valid: {', '.join(valid)})")
         if isinstance(value, list):  # TOML arrays, e.g. Adam's betas
             hyperparameters[key] = tuple(value)
-    if "lr" in hyperparameters:
-        check_positive_number(hyperparameters["lr"], f"{path}.lr")
     _check_optimizer(kind, hyperparameters, path)
     slug = re.sub(r"[^a-z0-9]+", "-", raw["name"].lower()).strip("-")
     return OptimizerSpec(raw["name"], kind, batch_size, hyperparameters, slug)
@@ -382,8 +345,8 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
     dtype = DTYPES[check_choice(raw.get("dtype", "float32"), "dtype", tuple(DTYPES))]
     try:
         device = resolve_device(raw.get("device", "cpu"))
-    except ValueError as error:
-        raise ConfigError("device", str(error)) from None
+    except ArgumentError as error:
+        raise ConfigError.within("", error) from None
     compile_model = raw.get("compile", False)
     if not isinstance(compile_model, bool):
         raise ConfigError("compile", f"must be true or false, got {compile_model!r}")
@@ -432,7 +395,7 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
     report = check_table(raw.get("report", {}), "report", ("target_loss", "target_split"))
     target_loss = check_positive_number(report.get("target_loss", 0.1), "report.target_loss")
     target_split = check_choice(report.get("target_split", "val"), "report.target_split",
-                                SPLIT_NAMES)
+                                SPLITS)
 
     fast = {**FAST_DEFAULTS, "seeds": list(seeds[:2]),
             **check_table(raw.get("fast", {}), "fast", ("steps", "evals", "seeds"))}

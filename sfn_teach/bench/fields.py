@@ -2,24 +2,49 @@
 
 A field is named by its dotted path in the config (``"train.steps"``, ``"optimizers[1].lr"``,
 ``"tune.space.SGD.lr"``), so that an error says exactly which line of the file to fix. The
-benchmark configs (:mod:`sfn_teach.bench.config`) and the tuning settings
-(:mod:`sfn_teach.bench.tune`) share these checks.
+checks are those of :mod:`sfn_teach.checks`, reported under the path; an
+:class:`~sfn_teach.checks.ArgumentError` raised by the library for a table's entry (an
+optimiser's hyperparameter, a model's width) becomes a :class:`ConfigError` of
+``table.entry`` by :meth:`ConfigError.within`. The benchmark configs
+(:mod:`sfn_teach.bench.config`) and the tuning settings (:mod:`sfn_teach.bench.tune`) share
+these checks.
 """
 
 from __future__ import annotations
 
 import math
 
+from .. import checks
+from ..checks import ArgumentError
 
-class ConfigError(ValueError):
+__all__ = ["ConfigError", "check_choice", "check_int", "check_number", "check_positive_number",
+           "check_table"]
+
+
+class ConfigError(ArgumentError):
     """A config field is missing, unknown, of the wrong type or out of range.
 
-    ``field`` is the dotted path of the bad field, e.g. ``"optimizers[1].lr"``.
+    ``field`` is the dotted path of the bad field, e.g. ``"optimizers[1].lr"``;
+    ``str(error)`` is ``"config field '<field>': <problem>"``.
     """
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"config field '{field}': {message}")
-        self.field = field
+    def describe(self) -> str:
+        """The message: ``config field '<field>': <problem>``."""
+        return f"config field '{self.field}': {self.problem}"
+
+    @classmethod
+    def within(cls, table: str, error: ArgumentError, context: str = "") -> ConfigError:
+        """The error of ``error.field`` in the config table ``table`` (``"model"``,
+        ``"optimizers[1]"``), its problem prefixed by ``context``."""
+        return cls(f"{table}.{error.field}" if table else error.field, context + error.problem)
+
+
+def _reported(check, path, *args, **kwargs):
+    """``check(path, *args)`` of :mod:`sfn_teach.checks`, its error as a :class:`ConfigError`."""
+    try:
+        return check(path, *args, **kwargs)
+    except ArgumentError as error:
+        raise ConfigError(error.field, error.problem) from None
 
 
 def check_table(value, path, allowed, required=()) -> dict:
@@ -38,32 +63,19 @@ def check_table(value, path, allowed, required=()) -> dict:
 
 def check_int(value, path, low=-math.inf, high=math.inf) -> int:
     """``value`` if it is an integer (not a bool) with ``low <= value <= high``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, f"must be an integer, got {type(value).__name__} {value!r}")
-    if not low <= value <= high:
-        bound = f"between {low} and {high}" if high < math.inf else f">= {low}"
-        raise ConfigError(path, f"must be an integer {bound}, got {value}")
-    return value
+    return _reported(checks.integer, path, value, low, high)
 
 
 def check_number(value, path) -> float:
-    """``value`` as a float if it is an integer or a float (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(path, f"must be a number, got {type(value).__name__} {value!r}")
-    return float(value)
+    """``value`` as a float if it is a finite integer or float (not a bool)."""
+    return _reported(checks.real, path, value)
 
 
 def check_positive_number(value, path, allow_zero=False) -> float:
     """``value`` as a float if it is a finite number > 0 (>= 0 with ``allow_zero``)."""
-    number = check_number(value, path)
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        raise ConfigError(path, f"must be a finite number {'>=' if allow_zero else '>'} 0, "
-                                f"got {value}")
-    return number
+    return _reported(checks.real, path, value, 0.0, low_open=not allow_zero)
 
 
 def check_choice(value, path, choices) -> str:
     """``value`` if it is one of the strings ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
+    return _reported(checks.choice, path, value, choices)

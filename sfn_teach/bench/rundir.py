@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import CheckpointError, write_atomically
+from ..checks import SfnTeachError
 from ..cpu import status as cpu_status
 from ..distributed import rank, world_size
 from .config import LOCATION_FIELDS, BenchmarkConfig
@@ -36,7 +37,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 STORED_FIELDS = ("config", "name", "fast")  # what config.json always holds (and "machine")
 
 
-class RunDirectoryError(RuntimeError):
+class RunDirectoryError(SfnTeachError, RuntimeError):
     """A run directory cannot be written, or a file in it is missing or damaged."""
 
 

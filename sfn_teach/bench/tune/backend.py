@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ...checks import SfnTeachError
 from ...optim import NonFiniteStepError
 from ..config import validate_config
 from ..fields import ConfigError
@@ -44,11 +45,11 @@ TRIAL_ENDS = ("stopped", "budget", "completed", "diverged", "failed")
 time budget, trained all its steps, gave up on non-finite steps, raised an error."""
 
 
-class RayNotInstalledError(ImportError):
+class RayNotInstalledError(SfnTeachError, ImportError):
     """Ray Tune is needed for tuning but is not installed."""
 
 
-class ClusterError(RuntimeError):
+class ClusterError(SfnTeachError, RuntimeError):
     """The Ray cluster to attach to cannot be reached."""
 
 

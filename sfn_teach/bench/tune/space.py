@@ -24,15 +24,12 @@ its extremes by the config's validator before any trial starts (:func:`search_sp
 
 from __future__ import annotations
 
-import inspect
 import random
 from dataclasses import dataclass
 
-import torch
-
 from ...data import DATASETS
-from ...train import OPTIMIZERS
-from ..config import hyperparameter_names, validate_config
+from ...registry import OPTIMIZERS
+from ..config import validate_config
 from ..fields import ConfigError, check_int, check_number, check_table
 from ..overrides import apply_overrides
 
@@ -150,7 +147,7 @@ def search_space(config, index, overrides) -> dict:
     spec = config.optimizers[index]
     path = f"tune.space.{spec.name}"
     allowed = ["batch_size",
-               *(p for p in hyperparameter_names(spec.type) if p != "betas"),
+               *(p for p in OPTIMIZERS[spec.type].defaults if p != "betas"),
                *(ADAM_BETAS if spec.type == "adam" else ())]
     check_table(overrides, path, allowed)
     tables = {**default_space(config, spec), **overrides}
@@ -173,8 +170,7 @@ def fixed_num_terms(spec) -> int:
     """The optimiser's ``num_terms`` outside the search (its table's value or the default)."""
     if spec.type != "series_sfn":
         return 1
-    default = inspect.signature(OPTIMIZERS["series_sfn"]).parameters["num_terms"].default
-    return spec.hyperparameters.get("num_terms", default)
+    return spec.hyperparameters.get("num_terms", OPTIMIZERS["series_sfn"].defaults["num_terms"])
 
 
 def _check_trial(config, index, params, path, space):
@@ -202,7 +198,8 @@ def tuned_raw(raw: dict, chosen: dict, seeds, time_budget: float | None = None) 
     for index, params in chosen.items():
         params = dict(params)
         if any(name in params for name in ADAM_BETAS):
-            betas = list(raw["optimizers"][index].get("betas", _adam_default_betas()))
+            default = OPTIMIZERS["adam"].defaults["betas"]
+            betas = list(raw["optimizers"][index].get("betas", default))
             for name, position in ADAM_BETAS.items():
                 if name in params:
                     betas[position] = 1.0 - params.pop(name)
@@ -213,7 +210,3 @@ def tuned_raw(raw: dict, chosen: dict, seeds, time_budget: float | None = None) 
     tuned.pop("tune", None)
     return tuned
 
-
-def _adam_default_betas():
-    """``torch.optim.Adam``'s default ``betas``."""
-    return inspect.signature(torch.optim.Adam).parameters["betas"].default
