@@ -55,8 +55,10 @@ import torch
 from sfn_teach import exercises, plots, toys
 from sfn_teach.hvp import ModelHVP, hvp
 from sfn_teach.models import MLP
+from sfn_teach.widget_parts import PanelBox
 
 # %matplotlib inline
+plt.rcParams["figure.constrained_layout.use"] = True  # labels and legends never overlap
 torch.manual_seed(SEED)
 torch.set_default_dtype(torch.float64)  # exact comparisons below; the timing uses float32
 
@@ -121,7 +123,8 @@ def show_hessian(_change=None):
 for slider in (x_slider, y_slider):
     slider.observe(show_hessian, names="value")
 show_hessian()
-widgets.VBox([x_slider, y_slider, hessian_readout, hessian_figure])
+# PanelBox: a VBox that also leaves the figure as a PNG, for viewers without a kernel
+PanelBox([x_slider, y_slider, hessian_readout, hessian_figure], lambda: hessian_figure.value)
 
 # %% [markdown]
 # ## 2. Pearlmutter's trick

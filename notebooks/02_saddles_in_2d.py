@@ -51,6 +51,7 @@ from sfn_teach import exercises, plots, toys
 from sfn_teach.widgets import SaddleExplorer
 
 # %matplotlib inline
+plt.rcParams["figure.constrained_layout.use"] = True  # labels and legends never overlap
 print(sfn_teach.cpu.status())  # what sfn-teach will compute with
 torch.set_default_dtype(torch.float64)
 
@@ -200,10 +201,14 @@ for key, ax in zip(landscapes, axes.flat):
     ]
     plots.plot_toy(toy, trajectories, ax=ax, legend=key == "double_well")
     ax.set_title(f"{toy.name}: ${toy.formula}$", fontsize=9)
+    if key == "himmelblau":  # Newton's jump onto the saddle is short: point at where it ends
+        end = trajectories[1].points[-1]
+        ax.annotate(f"Newton ends on the saddle ({end[0]:.2f}, {end[1]:.2f})", end,
+                    xytext=(-4.8, 4.3), color=plots.OPTIMIZER_COLORS["newton"], fontsize=8,
+                    arrowprops=dict(arrowstyle="->", color=plots.OPTIMIZER_COLORS["newton"]))
     summary = ", ".join(f"{t.label}: f = {t.final_loss:.3g}" for t in trajectories)
     print(f"{key:>12}  {summary}")
     ends[key] = {t.optimizer: t.points[-1] for t in trajectories}
-fig.tight_layout()
 plt.show()
 
 

@@ -67,6 +67,7 @@ from sfn_teach.series import (
 from sfn_teach.widgets import FilterExplorer, SaddleExplorer
 
 # %matplotlib inline
+plt.rcParams["figure.constrained_layout.use"] = True  # labels and legends never overlap
 print(sfn_teach.cpu.status())  # what sfn-teach will compute with
 torch.set_default_dtype(torch.float64)
 generator = torch.Generator().manual_seed(SEED)

@@ -3,7 +3,8 @@
 Notebooks 04 and 05 use it: a student picks optimisers and settings, presses **Run** and
 watches the runs train — a progress bar, curves of the test loss and accuracy against the
 epoch and the wall-clock that redraw as each evaluation arrives — and gets the results table
-(median and range over seeds) at the end.
+(median and range over seeds) at the end. Displayed, the panel also leaves its figure as
+``image/png`` (:class:`~sfn_teach.widget_parts.PanelBox`), for viewers without a kernel.
 
 The panel edits a copy of a benchmark config (the schema of :mod:`sfn_teach.bench.config`) and
 hands it to :func:`sfn_teach.bench.run_benchmark`. Each distinct configuration runs in its own
@@ -30,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .bench import load_benchmark, run_benchmark, validate_config
-from .widget_parts import SLIDER, DampingControl, canvas_png, error_html
+from .widget_parts import SLIDER, DampingControl, PanelBox, canvas_png, error_html
 
 #: the controls a panel can show, in the order they are laid out
 CONTROLS = (
@@ -124,10 +125,10 @@ class BenchmarkPanel:
                            (self.status, "status")]:
             part.add_class(f"sfn-{name}")
         self._draw()
-        self.widget = widgets.VBox([
+        self.widget = PanelBox([
             *self._control_rows(), widgets.HBox([self.run_button, self.progress]),
             self.status, self.message, self.image, self.table,
-        ])
+        ], lambda: bytes(self.image.value))
         self.widget.add_class("sfn-benchmark-panel")
 
     def _ipython_display_(self):

@@ -69,14 +69,14 @@ class PanelBox(widgets.VBox):
     """A panel's top-level box: live in JupyterLab, a PNG of its figure elsewhere.
 
     Its display data hold the widget's view and, as ``image/png``, ``static_png()`` (the
-    figure when the box was displayed), which HTML exports and repository viewers show where
-    no kernel runs.
+    figure when the box was displayed; a callable returning PNG bytes), which HTML exports
+    without the widgets' state (``scripts/render.sh``) and repository viewers show where no
+    kernel runs.
     """
 
     def __init__(self, children, static_png):
         super().__init__(children)
         self._static_png = static_png
-        self.add_class("sfn-panel")
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs)

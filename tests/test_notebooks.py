@@ -104,3 +104,20 @@ def test_notebook_executes_in_fast_mode(source, monkeypatch):
     )
     print(f"{source.stem}: fast mode executed in {seconds:.1f} s")  # (measured, not asserted)
     nbformat.validate(notebook)
+
+
+def test_the_rendered_notebook_02_shows_each_panel_as_an_image(monkeypatch):
+    """As scripts/render.sh renders it: executed, no widget state, exported to HTML."""
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    monkeypatch.setenv("SFN_TEACH_FAST", "1")
+    notebook = jupytext.read(NOTEBOOK_DIR / "02_saddles_in_2d.py")
+    ExecutePreprocessor(timeout=600, store_widget_state=False).preprocess(
+        notebook, {"metadata": {"path": str(NOTEBOOK_DIR)}})
+    panels = outputs_of_type(notebook, "application/vnd.jupyter.widget-view+json")
+    assert panels and all("image/png" in panel["data"] for panel in panels)
+    html, _ = HTMLExporter().from_notebook_node(notebook)
+    for panel in panels:
+        png = re.escape(panel["data"]["image/png"].strip())
+        assert re.search(rf'<img [^>]*src="data:image/png;base64,{png}"', html)
