@@ -32,7 +32,6 @@ network, in :mod:`sfn_teach.cifar10_generated`.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import posixpath
 import re
@@ -50,6 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import ArgumentError, SfnTeachError, integer
+from .files import CHUNK, atomic_write, sha256_file
 from .images import (
     CLASSES,
     IMAGE_SHAPE,
@@ -66,7 +66,6 @@ IGNORED_MEMBERS = (f"{MEMBER_DIR}/batches.meta.txt", f"{MEMBER_DIR}/readme.html"
 IMAGE_BYTES = 3 * 32 * 32
 RECORD_BYTES = 1 + IMAGE_BYTES  # a label byte, then the image
 
-_CHUNK = 1 << 20
 _CHECK_URL = "Check the URL or mirror (the url argument or SFN_TEACH_CIFAR10_URL)."
 _RETRY = "Run again to download afresh, or use another mirror (the url argument or " \
     "SFN_TEACH_CIFAR10_URL)."
@@ -129,7 +128,7 @@ class CIFAR10Arrays:
 
 
 # --------------------------------------------------------------------------------------------
-# Files: where they go, checksums, atomic writes
+# Files: where they go and their checks (checksums, atomic writes: sfn_teach.files)
 # --------------------------------------------------------------------------------------------
 
 
@@ -144,34 +143,6 @@ def cifar10_dir(data_dir=None) -> Path:
     if root:
         return Path(root) / "cifar10"
     return Path(__file__).resolve().parents[1] / "data" / "cifar10"
-
-
-def sha256_file(path) -> str:
-    """The SHA-256 of the file at ``path`` as 64 lowercase hex digits (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write(path, write):
-    """Call ``write(file)`` on ``<path>.tmp``, then rename it to ``path``.
-
-    Readers see the old file, or the complete new one; on any error the temporary file is
-    removed and the error re-raised.
-    """
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _check_file(path, archive, origin, advice):
@@ -254,7 +225,7 @@ def _copy(stream, part, start, end, max_size, progress):
     ) as bar:
         out.seek(start)
         out.truncate()
-        while chunk := stream.read(_CHUNK):
+        while chunk := stream.read(CHUNK):
             out.write(chunk)
             bar.update(len(chunk))
             if out.tell() > max_size:

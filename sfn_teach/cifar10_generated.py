@@ -26,11 +26,11 @@ from .cifar10 import (
     TRAIN_MEMBERS,
     ArchiveSpec,
     CIFAR10Arrays,
-    atomic_write,
     check_counts,
     cifar10_dir,
     load_cifar10,
 )
+from .files import atomic_write
 from .images import CLASSES, IMAGE_SHAPE
 
 

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 from .checks import ArgumentError, SfnTeachError, choice, integer, real
-from .cifar10 import CIFAR10Arrays, check_counts, load_cifar10, sha256_file
+from .cifar10 import CIFAR10Arrays, check_counts, load_cifar10
 from .cifar10_generated import load_generated_cifar10, synthetic_cifar10
+from .files import sha256_file
 from .images import (
     CLASSES,
     IMAGE_SHAPE,
