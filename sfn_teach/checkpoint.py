@@ -38,6 +38,12 @@ import torch
 
 from .checks import SfnTeachError
 
+__all__ = [
+    "DIGEST_SIZE", "CheckpointError", "fault_point", "fsync_directory", "load_checkpoint",
+    "load_latest_checkpoint", "previous_path", "rng_state", "save_checkpoint", "set_rng_state",
+    "write_atomically"
+]
+
 DIGEST_SIZE = 32  # bytes of SHA-256
 _fault_counts: dict[str, int] = {}
 

@@ -53,8 +53,16 @@ from .files import CHUNK, atomic_write, sha256_file
 from .images import (
     CLASSES,
     IMAGE_SHAPE,
-    synthetic_cifar_batch,  # noqa: F401 (re-exported: notebooks import it here)
+    synthetic_cifar_batch,
 )
+
+__all__ = [
+    "ARCHIVE_NAME", "CACHE_NAME", "CIFAR10_BINARY", "CLASSES", "IGNORED_MEMBERS", "IMAGE_BYTES",
+    "IMAGE_SHAPE", "MEMBER_DIR", "RECORD_BYTES", "TEST_MEMBER", "TRAIN_MEMBERS", "URL",
+    "ArchiveSpec", "CIFAR10Arrays", "CIFAR10Error", "check_counts", "cifar10_dir",
+    "download_cifar10", "load_cifar10", "read_cifar10_archive", "sha256_file",
+    "synthetic_cifar_batch"
+]
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 ARCHIVE_NAME = "cifar-10-binary.tar.gz"

@@ -33,6 +33,8 @@ from .cifar10 import (
 from .files import atomic_write
 from .images import CLASSES, IMAGE_SHAPE
 
+__all__ = ["load_generated_cifar10", "synthetic_cifar10", "write_cifar10_archive"]
+
 
 def synthetic_cifar10(num_train=50_000, num_test=10_000, seed=0) -> CIFAR10Arrays:
     """Random CIFAR-shaped data that a network can learn, a pure function of ``seed``.

@@ -41,6 +41,11 @@ import sys
 
 from .checks import integer
 
+__all__ = [
+    "OPT_OUT", "USER_WAIT_VARIABLES", "WAIT_POLICY", "apply_wait_policy", "shell_exports",
+    "status", "thread_budget"
+]
+
 WAIT_POLICY = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "1"}
 """The environment variables of the wait policy and their values (module docstring)."""
 

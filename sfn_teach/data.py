@@ -48,6 +48,12 @@ from .images import (
     validation_split,
 )
 
+__all__ = [
+    "CIFAR10_OPTIONS", "DATASETS", "DIGITS_FILE", "SPLITS", "Batches", "DataError", "Dataset",
+    "DatasetInfo", "Split", "cifar10_dataset", "cifar10_part_sizes", "cifar10_sizes", "data_dir",
+    "load_cifar10_synthetic", "load_cifar10_task", "load_digits", "standardise", "verify_checksum"
+]
+
 DIGITS_FILE = "digits.npz"
 SPLITS = ("train", "val", "test")
 

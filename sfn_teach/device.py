@@ -54,6 +54,11 @@ import torch
 
 from .checks import ArgumentError, choice, flag
 
+__all__ = [
+    "AUTOCAST_DTYPES", "CHANNELS_LAST_DEVICE_TYPES", "HVP_PRECISIONS", "Precision", "autocast",
+    "configure_backends", "memory_format", "resolve_device", "tf32", "timed"
+]
+
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
 """``precision.autocast`` values and the dtype :func:`torch.autocast` uses for each."""
 HVP_PRECISIONS = ("fp32", "bf16")

@@ -45,6 +45,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .hvp import CurvatureOperator
 from .update import CurvatureOptimizer
 
+__all__ = [
+    "GradientMean", "Launch", "RankAveragedOperator", "RankMean", "SyncBatchNorm",
+    "convert_sync_batchnorm", "init_process_group", "rank", "torchrun_launch", "world_size"
+]
+
 
 def world_size(group=None) -> int:
     """The number of ranks in ``group`` (1 when torch.distributed is not initialised)."""

@@ -25,6 +25,13 @@ from .optim import adaptive_step_sizes, levenberg_marquardt
 from .series import series_coefficients, sfn_direction, wynn_epsilon
 from .toys import as_point, get_toy, gradient, hessian
 
+__all__ = [
+    "RTOL", "CheckResult", "check_adaptive_step_sizes", "check_allreduces_per_step",
+    "check_coefficients", "check_damping_update", "check_eigenvalue_signs", "check_filter_limit",
+    "check_hvp", "check_hvps_per_epoch", "check_newton_step", "check_series_direction",
+    "check_sfn_step", "check_step_cost", "check_terms_needed", "check_wynn"
+]
+
 #: relative tolerance of every comparison (float64 answers agree far closer than this)
 RTOL = 1e-6
 

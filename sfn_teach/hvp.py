@@ -36,6 +36,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checks import choice, integer, real
 
+__all__ = [
+    "BATCHNORM_POLICIES", "DENSE_MAX_DIM", "HVP_BACKENDS", "MODEL_BACKENDS", "PARAMS_BACKENDS",
+    "CurvatureOperator", "ModelHVP", "ParamsHVP", "PowerIterationResult", "batchnorm_policy",
+    "dense_hessian", "flatten", "hvp", "power_iteration", "unflatten"
+]
+
 HVP_BACKENDS = ("forward-over-reverse", "double-backward")
 PARAMS_BACKENDS = ("double-backward", "forward-over-reverse", "dense")
 #: the dense ``H`` (n² numbers, built from n products) is formed for at most this many parameters

@@ -17,6 +17,11 @@ import torch.nn.functional as F
 
 from .checks import integer, real
 
+__all__ = [
+    "CLASSES", "IMAGE_SHAPE", "MEAN", "STD", "normalize", "random_crop_flip",
+    "synthetic_cifar_batch", "validation_size", "validation_split"
+]
+
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )

@@ -8,6 +8,8 @@ from torch import nn
 
 from .checks import ArgumentError, choice, integer
 
+__all__ = ["ACTIVATIONS", "MLP", "BasicBlock", "count_parameters", "resnet18_cifar"]
+
 ACTIVATIONS = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,

@@ -28,6 +28,11 @@ import torch
 
 from .hvp import power_iteration
 
+__all__ = [
+    "GRADIENT_DESCENT_RATIO", "MAX_SCALE_RETRIES", "SCALE_RULES", "SPECTRUM_MEMORY",
+    "choose_scale", "grown_scale", "power_estimate", "remember_spectrum", "spectrum_report"
+]
+
 SCALE_RULES = ("ritz", "lower_bound", "power", "fixed")
 
 #: above this ratio ``V/λ̂_max²`` the step is gradient descent in disguise (warned once)

@@ -40,6 +40,12 @@ import torch
 
 from .checks import choice, integer, real
 
+__all__ = [
+    "GROWTH_TOLERANCE", "KINDS", "MAX_RITZ_DIMENSION", "SeriesResult", "exact_sfn_direction",
+    "filter_target", "ritz_values", "series_coefficients", "sfn_direction", "sfn_series",
+    "spectral_filter", "sqrt_coefficients", "wynn_epsilon"
+]
+
 KINDS = ("damped", "quasi-damped")
 
 

@@ -53,6 +53,11 @@ import torch
 from .checks import ArgumentError, ArgumentTypeError, SfnTeachError, flag, integer, real
 from .hvp import ParamsHVP, flatten, unflatten
 
+__all__ = [
+    "CurvatureOptimizer", "NonFiniteStepError", "StepStats", "Update", "adaptive_step_sizes",
+    "curvature_update", "levenberg_marquardt"
+]
+
 
 class NonFiniteStepError(SfnTeachError, ValueError):
     """Too many consecutive steps produced a non-finite loss, gradient or update."""

@@ -55,6 +55,8 @@ from .runner import (
 )
 from .tune import tune_benchmark
 
+__all__ = ["COMMANDS", "add_config_arguments", "main", "make_parser", "overrides", "run"]
+
 COMMANDS = ("run", "report", "tune")
 
 

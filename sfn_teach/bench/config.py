@@ -90,6 +90,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the backport, a dependency there
     import tomli as tomllib
 
+__all__ = [
+    "DENSE_OPTIMIZERS", "DTYPES", "FAST_DEFAULTS", "LOCATION_FIELDS", "MODELS",
+    "PRECISION_DEFAULTS", "TOP_LEVEL", "WARMUP_STEPS", "BenchmarkConfig", "OptimizerSpec",
+    "build_model", "channels_last_ignored", "load_config", "read_config", "validate_config"
+]
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DENSE_OPTIMIZERS = ("exact_sfn", "newton")  # they form the Hessian: DENSE_MAX_DIM parameters
 TOP_LEVEL = ("name", "task", "dtype", "device", "compile", "data", "model", "precision",

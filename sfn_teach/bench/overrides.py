@@ -14,6 +14,8 @@ import re
 
 from .fields import ConfigError
 
+__all__ = ["apply_overrides"]
+
 
 def _field_keys(path: str) -> list:
     """``"optimizers[1].lr"`` as ``["optimizers", 1, "lr"]``."""

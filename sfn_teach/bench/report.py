@@ -35,6 +35,12 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+__all__ = [
+    "AXES", "FIGURES", "LOG_AXES", "STATS", "format_excluded_time", "format_table",
+    "plot_curvature", "plot_curves", "plot_optimizer_stats", "report_figures", "summarise",
+    "write_report"
+]
+
 AXES = {
     "step": "step",
     "epoch": "epoch",

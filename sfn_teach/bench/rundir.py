@@ -31,6 +31,12 @@ from ..distributed import rank, world_size
 from .config import LOCATION_FIELDS, BenchmarkConfig
 from .fields import ConfigError
 
+__all__ = [
+    "CHECKPOINT_FILE", "CONFIG_FILE", "RECORDS_FILE", "STORED_FIELDS", "RunDirectoryError",
+    "check_records", "machine_description", "make_folder", "parse_json_object", "prepare_run_dir",
+    "read_records", "read_run_config", "truncate_records"
+]
+
 CONFIG_FILE = "config.json"
 RECORDS_FILE = "records.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -113,6 +113,12 @@ from .rundir import (
     truncate_records,
 )
 
+__all__ = [
+    "BenchmarkResult", "as_config", "data_parallel_config", "fast_from_environment",
+    "load_benchmark", "load_dataset", "print_warning", "report_benchmark", "run_benchmark",
+    "run_id", "run_one"
+]
+
 
 def print_warning(message: str) -> None:
     """Print ``message`` on standard error, where warnings go even when progress is off."""

@@ -39,6 +39,12 @@ from ..runner import load_dataset, run_one
 from .settings import TuneSettings
 from .space import fixed_num_terms, tuned_raw
 
+__all__ = [
+    "INSTALL", "TRIAL_ENDS", "ClusterError", "RayNotInstalledError", "check_reachable",
+    "check_resources", "connect", "import_ray_tune", "ray_address", "summarise_trials",
+    "tune_optimizer"
+]
+
 INSTALL = 'pip install -e ".[tune]"'
 TRIAL_ENDS = ("stopped", "budget", "completed", "diverged", "failed")
 """How a trial ended: stopped early by ASHA at a rung, stopped at the step that reached the

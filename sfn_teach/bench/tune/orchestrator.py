@@ -45,6 +45,8 @@ from .report import TuneResult, load_tuning, write_tuning_report
 from .settings import tune_settings
 from .space import tuned_raw
 
+__all__ = ["tune_benchmark"]
+
 
 def _best(trials: list, config) -> dict:
     """Per optimiser, the trial with the lowest finite loss at its last report, with the

@@ -24,6 +24,8 @@ from ..runner import BenchmarkResult, load_benchmark
 from .backend import TRIAL_ENDS
 from .settings import TuneSettings, tune_settings
 
+__all__ = ["TuneResult", "format_tuning_table", "load_tuning", "plot_asha", "write_tuning_report"]
+
 
 @dataclass(frozen=True)
 class TuneResult:

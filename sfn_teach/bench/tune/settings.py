@@ -33,6 +33,8 @@ from ..fields import ConfigError, check_int, check_positive_number, check_table
 from ..runner import as_config
 from .space import search_space
 
+__all__ = ["FAST_SETTINGS", "SETTINGS", "TuneSettings", "tune_settings"]
+
 SETTINGS = {"metric_split": "val", "num_samples": 100, "time_budget": 1800.0,
             "grace_period": 30.0, "reduction_factor": 4.0, "seed": 0, "reeval_seeds": 10,
             "cpus_per_trial": 1, "gpus_per_trial": None, "max_concurrent_trials": None}

@@ -33,6 +33,12 @@ from ..config import validate_config
 from ..fields import ConfigError, check_int, check_number, check_table
 from ..overrides import apply_overrides
 
+__all__ = [
+    "ADAM_BETAS", "DEFAULT_SPACES", "IMAGE_BATCH_SIZES", "LAMBDA_SPACE", "UNADAPTIVE_SPACE",
+    "Distribution", "default_space", "fixed_num_terms", "parse_distribution", "search_space",
+    "tuned_raw"
+]
+
 IMAGE_BATCH_SIZES = [50, 100, 200, 400, 800, 1600, 3200]
 LAMBDA_SPACE = {"damping": {"loguniform": [1e-8, 1.0]}}
 DEFAULT_SPACES = {
