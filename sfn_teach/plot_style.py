@@ -67,9 +67,14 @@ def plain_numbers(axis, digits: int = 6):
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def legend_below(ax, columns: int = 2):
-    """``ax``'s legend under its x label (centred, ``columns`` wide, no frame), where it covers
-    no curve and no marker. Constrained layout makes room for it."""
+def legend_below(ax, columns: int | None = None):
+    """``ax``'s legend under its x label (centred, no frame), where it covers no curve and no
+    marker; constrained layout makes room for it. ``columns`` defaults to two, or one when a
+    label is longer than 32 characters (a run's stop reason), so the legend never grows wider
+    than the axes' figure can give."""
+    if columns is None:
+        labels = ax.get_legend_handles_labels()[1]
+        columns = 1 if any(len(label) > 32 for label in labels) else 2
     below = ax.transAxes + transforms.ScaledTranslation(0, -32 / 72, ax.figure.dpi_scale_trans)
     return ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, 0),
                      bbox_transform=below, ncol=columns, frameon=False)

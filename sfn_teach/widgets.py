@@ -341,7 +341,7 @@ class SaddleExplorer(_Panel):
         self._drawn_problem = toy.key
 
     def _static_figure(self) -> Figure:
-        figure = Figure(figsize=(10, 4.2), layout="constrained")
+        figure = Figure(figsize=(11, 5.8), layout="constrained")
         ax_toy, ax_loss = figure.subplots(1, 2)
         runs = list(self.trajectories.values())
         plot_toy(self.problem.value, runs, ax_toy)
