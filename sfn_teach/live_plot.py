@@ -93,7 +93,7 @@ class LivePlot:
 
 def contour_png(toy: Toy, pixels: int = 480) -> bytes:
     """The toy's filled contours over exactly its box, no axes: the background of a plot."""
-    figure = Figure(figsize=(pixels / 100, pixels / 100), dpi=100)
+    figure = Figure(figsize=(pixels / 100, pixels / 100), dpi=100, layout="none")
     ax = figure.add_axes((0, 0, 1, 1))
     draw_toy(ax, toy, critical_points=False, colorbar=False)
     ax.set_axis_off()
@@ -103,7 +103,7 @@ def contour_png(toy: Toy, pixels: int = 480) -> bytes:
 def colorbar_png(toy: Toy, height: int = 380) -> bytes:
     """The colour bar of :func:`contour_png`'s contours, ``height`` pixels tall, to stand
     beside it (the contours are drawn on a hidden axes to get exactly their colours)."""
-    figure = Figure(figsize=(0.95, height / 100), dpi=100)
+    figure = Figure(figsize=(0.95, height / 100), dpi=100, layout="none")
     hidden = figure.add_axes((0, 0, 0.01, 0.01))
     filled = draw_toy(hidden, toy, critical_points=False, colorbar=False)
     hidden.set_visible(False)

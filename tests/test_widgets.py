@@ -340,3 +340,16 @@ def test_figure_and_panel_modules_are_short_and_import_only_public_names(module)
         for alias in node.names if alias.name.startswith("_")
     ]
     assert private == [], private
+
+
+def test_panels_draw_without_warnings_where_the_notebooks_turn_on_constrained_layout():
+    import warnings
+
+    import matplotlib
+
+    with matplotlib.rc_context({"figure.constrained_layout.use": True}), \
+            warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        panel = SaddleExplorer("himmelblau", optimizers=("gd",), steps=3)
+        panel.problem.value = "paper"
+        assert panel.static_png().startswith(PNG_SIGNATURE)
