@@ -52,7 +52,8 @@ class LivePlot:
     :meth:`curve` makes a curve (a ``bqplot.Lines`` or ``bqplot.Scatter``) once;
     :meth:`show` replaces its data, which is all a change sends to the browser. Scales
     without limits follow the data shown. The y label sits 52 px left of the axis, clear of
-    tick labels up to six characters wide.
+    tick labels up to six characters wide. There is no legend over the data: a panel's
+    readout is its key.
     """
 
     def __init__(self, x_label: str, y_label: str, x_scale=None, y_scale=None):
@@ -64,7 +65,6 @@ class LivePlot:
             axes=[bqplot.Axis(scale=self.x, side="bottom", label=x_label, grid_lines="none"),
                   self.y_axis],
             fig_margin=dict(top=40, bottom=45, left=72, right=15), animation_duration=0,
-            legend_location="top-right", legend_text={"font-size": "11px"},
             title_style={"font-size": "13px"},
             layout=widgets.Layout(width="490px", height="380px"),
         )

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .plot_style import as_int_list, figure_and_axes
+from .plot_style import as_int_list, figure_and_axes, legend_below
 from .series import exact_sfn_direction, filter_target, sfn_direction, spectral_filter
 
 
@@ -190,7 +190,7 @@ def plot_spectral_filter(
     ``h_range`` defaults to ``±1.3 √(2V)``; the y axis is clipped to the convergent part.
     With ``acceleration_order = r ≥ 1`` the curves are the accelerated multipliers of
     :func:`filter_values` (the plotted points taken as the spectrum; ``|h| ≤ √(2V)`` only).
-    The numbers are :func:`filter_curve`'s. Returns ``(fig, ax)``.
+    The numbers are :func:`filter_curve`'s; the legend is under the axes. Returns ``(fig, ax)``.
     """
     terms = as_int_list("num_terms", num_terms)
     fig, ax = figure_and_axes(ax)
@@ -207,7 +207,7 @@ def plot_spectral_filter(
     ax.set_xlabel("eigenvalue h")
     ax.set_ylabel("multiplier of the component along q")
     ax.set_title(f"spectral filter: V = {scale:g}, λ = {damping:g} ({kind})", fontsize="medium")
-    ax.legend(fontsize="x-small", loc="upper right")
+    legend_below(ax)
     return fig, ax
 
 
@@ -226,7 +226,7 @@ def plot_filter_error(
     falls like ``|1 − h²/V|^K`` inside the limit, slowest at small ``|h|`` (truncation acts as
     an implicit damping there), and explodes beyond ``|h| = √(2V)`` (dashed). With
     ``acceleration_order ≥ 1`` the error is that of :func:`filter_values`. The numbers are
-    :func:`filter_error_curve`'s. Returns ``(fig, ax)``.
+    :func:`filter_error_curve`'s; the legend is under the axes. Returns ``(fig, ax)``.
     """
     terms = as_int_list("num_terms", num_terms)
     fig, ax = figure_and_axes(ax)
@@ -240,7 +240,7 @@ def plot_filter_error(
     ax.set_xlabel("|h|")
     ax.set_ylabel("relative error of the filter")
     ax.set_title(f"filter error: V = {scale:g}, λ = {damping:g} ({kind})", fontsize="medium")
-    ax.legend(fontsize="x-small")
+    legend_below(ax)
     return fig, ax
 
 

@@ -369,7 +369,8 @@ class FilterExplorer(_Panel):
     ``K ≥ 2r + 1``) and ``kind`` (``"damped"``: target ``1/(|h| + λ)``; ``"quasi-damped"``:
     ``(h² + λ)^(-½)``). The readout gives the largest relative error over
     ``√(2V)/10 ≤ |h| ≤ √(2V)`` (:func:`~sfn_teach.plots.max_filter_error`), also kept as
-    the number ``max_error``. The curves are :func:`~sfn_teach.plots.filter_curve`'s and
+    the number ``max_error``, and then the key to the curves (no legend covers them). The
+    curves are :func:`~sfn_teach.plots.filter_curve`'s and
     :func:`~sfn_teach.plots.filter_error_curve`'s; dashed lines mark ``|h| = √(2V)``.
 
     The scalar filter ``φ_K`` has no Wynn acceleration (the ε-algorithm works on vectors):
@@ -391,12 +392,9 @@ class FilterExplorer(_Panel):
         super().__init__(plots, num_terms, 200, damping, scale, 4, acceleration_order)
         self.kind = widgets.Dropdown(options=KINDS, value=kind, description="kind")
         for plot in plots:
-            plot.curve("filter", colors=[css_color("tab:blue")], stroke_width=1.5,
-                       labels=["φ_K"], display_legend=True)
-            plot.curve("limit", colors=["black"], stroke_width=1, line_style="dashed",
-                       labels=["|h| = √(2V)"], display_legend=True)
-        plots[0].curve("target", colors=["#555555"], stroke_width=1, labels=["target"],
-                       display_legend=True)
+            plot.curve("filter", colors=[css_color("tab:blue")], stroke_width=1.5)
+            plot.curve("limit", colors=["black"], stroke_width=1, line_style="dashed")
+        plots[0].curve("target", colors=["#555555"], stroke_width=1)
         plots[0].curve("-limit", colors=["black"], stroke_width=1, line_style="dashed")
         self.widget = self._box(
             widgets.HBox([self.num_terms, self.acceleration_order, self.scale, self.kind]),
@@ -431,14 +429,14 @@ class FilterExplorer(_Panel):
                                       (filter_plot, -1, -0.15 * top, 1.25 * top),
                                       (error_plot, 1, 1e-16, 1e3)]:
             plot.show("limit" if sign > 0 else "-limit", [sign * limit] * 2, [low, high])
-        label = ("φ_K" if order == 0 else "φ_K with Wynn ε") + f", K = {terms}"
-        for plot in self.plots:
-            plot.curves["filter"].labels = [label + (f", r = {order}" if order else "")]
         filter_plot.figure.title = f"spectral filter: V = {scale:g}, λ = {damping:g} ({kind})"
         error_plot.figure.title = f"filter error: V = {scale:g}, λ = {damping:g} ({kind})"
+        filter_name = "φ_K" if order == 0 else f"φ_K with Wynn ε, r = {order}"
         self.readout.value = (
             f"K = {terms}, r = {order}: max relative error over {limit / 10:.3g} ≤ |h| ≤ "
-            f"√(2V) = {limit:.3g}: <b>{max_error:.3g}</b>"
+            f"√(2V) = {limit:.3g}: <b>{max_error:.3g}</b><br><small>"
+            f'<span style="color:{css_color("tab:blue")}">━</span> {filter_name}, K = {terms} · '
+            f'<span style="color:#555555">━</span> target · ╌ |h| = √(2V)</small>'
         )
         return None
 

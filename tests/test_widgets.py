@@ -281,7 +281,8 @@ def test_filter_curve_approaches_the_target_as_K_grows():
         magnitude, error = filter_error_curve(terms, 25.0)
         np.testing.assert_array_equal(shown(panel)[1, "filter"][1], error)
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.05
-    assert panel.plots[0].curves["filter"].labels[0].endswith("K = 150")
+    assert "φ_K, K = 150" in panel.readout.value  # the key: no legend over the curves
+    assert not any(mark.display_legend for figure in panel.figures for mark in figure.marks)
     np.testing.assert_array_equal(shown(panel)[0, "limit"][0], [math.sqrt(50)] * 2)
 
 
