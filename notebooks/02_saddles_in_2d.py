@@ -295,7 +295,10 @@ assert max(damped_runs[2].losses) > 10 > max(damped_runs[3].losses)
 # $V$ (the series' scale — below $\max_i h_i^2/2$ the series diverges, try it), $r$ (Wynn
 # acceleration, notebook 03), the learning rate of the first-order methods and the number of
 # steps. Things to try: on the paper's toy, $K = 1$ versus $K = 20$; on the double well, start
-# at $(0.001, 1)$ and compare Newton with series SFN.
+# at $(0.001, 1)$ and compare Newton with series SFN. The readout under the figures is their
+# key: each run's colour, where it ended, and why it stopped early ("unbounded below" when
+# $f \to -\infty$, what a minimiser should do where $f$ has no lower bound; "diverged"
+# when a step blew up).
 
 # %%
 explorer = SaddleExplorer(problem="paper", steps=STEPS)
