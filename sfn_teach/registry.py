@@ -12,20 +12,36 @@ optimiser's ``step`` takes.
 (``"Invalid beta parameter at index 1: 1.5"``), so an entry checks the ones it documents first,
 with :mod:`sfn_teach.checks`: every refusal is an :class:`~sfn_teach.checks.ArgumentError`
 whose ``field`` is the hyperparameter.
+
+**The optimisers a user would pick instead** (issue 14), from the libraries made for them, not
+written here: AdaHessian (Yao et al. 2021) and Sophia-H (Liu et al. 2023) from
+``pytorch-optimizer``, and L-BFGS from ``torch.optim``. AdaHessian and Sophia-H estimate the
+Hessian's diagonal by Hutchinson's ``z ⊙ Hz`` from the gradient's graph, so their entries say
+``create_graph``: :func:`step_closure` calls ``loss.backward(create_graph=True)`` for them (the
+user never does). Their work per step, in the trainer's counts (:class:`sfn_teach.train.CostModel`):
+one gradient per closure evaluation (L-BFGS evaluates its closure several times per step) and
+:attr:`OptimizerEntry.hvps` Hessian-vector products (AdaHessian: ``num_samples`` every
+``update_period`` steps, default every step; Sophia-H: the same, default every 10th step).
+Their entries say ``guarded``: the trainer undoes a step that leaves a non-finite loss or
+parameter and stops the run with :class:`~sfn_teach.optim.NonFiniteStepError` (these libraries
+make no promise about non-finite values).
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import pytorch_optimizer
 import torch
 
-from .checks import ArgumentError, real
+from .checks import ArgumentError, choice, integer, real
 from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN
 
-__all__ = ["OPTIMIZERS", "OptimizerEntry", "get_optimizer", "step_closure", "with_defaults"]
+__all__ = ["OPTIMIZERS", "OptimizerEntry", "entry_of", "get_optimizer", "hutchinson_hvps",
+           "step_closure", "with_defaults"]
 
 NOT_HYPERPARAMETERS = ("params", "process_group")
 """Constructor arguments that are not hyperparameters: the parameters, and data parallelism
@@ -50,6 +66,40 @@ FIRST_ORDER_CHECKS = {
 """The checks of ``torch.optim``'s hyperparameters, by name: ``α > 0``, ``μ ≥ 0``, weight decay
 and ``ε`` ``≥ 0``, ``β₁, β₂ ∈ [0, 1)``."""
 
+HUTCHINSON_CHECKS = {
+    **FIRST_ORDER_CHECKS,
+    "update_period": lambda value: integer("update_period", value, 1),
+    "num_samples": lambda value: integer("num_samples", value, 1),
+    "hessian_distribution": lambda value: choice("hessian_distribution", value,
+                                                 ("gaussian", "rademacher")),
+    "hessian_power": lambda value: real("hessian_power", value, 0.0, 1.0),
+    "p": lambda value: real("p", value, 0.0, low_open=True),
+}
+"""The checks of AdaHessian's and Sophia-H's hyperparameters (``pytorch-optimizer``'s own
+messages do not always name the field): those of Adam, the Hessian's update period and samples
+(ints ``≥ 1``), the probe distribution, AdaHessian's power ``k ∈ [0, 1]`` and Sophia-H's clip
+``ρ > 0`` (``p``)."""
+
+LBFGS_CHECKS = {
+    "lr": FIRST_ORDER_CHECKS["lr"],
+    "max_iter": lambda value: integer("max_iter", value, 1),
+    "max_eval": lambda value: integer("max_eval", value, 1),
+    "tolerance_grad": lambda value: real("tolerance_grad", value, 0.0),
+    "tolerance_change": lambda value: real("tolerance_change", value, 0.0),
+    "history_size": lambda value: integer("history_size", value, 1),
+    "line_search_fn": lambda value: choice("line_search_fn", value, (None, "strong_wolfe")),
+}
+"""The checks of :class:`torch.optim.LBFGS`'s hyperparameters: ``α > 0``, iterations, evaluations
+and history ints ``≥ 1``, tolerances ``≥ 0``, line search ``None`` or ``"strong_wolfe"``."""
+
+
+def hutchinson_hvps(optimizer) -> int:
+    """The Hessian-vector products the next ``step`` of a ``pytorch-optimizer`` Hutchinson
+    optimiser (AdaHessian, Sophia-H) takes: ``num_samples`` if its step count is a multiple of
+    ``update_period`` (the library's own rule), else none."""
+    step = optimizer.param_groups[0].get("step", 0)
+    return optimizer.num_samples if step % optimizer.update_period == 0 else 0
+
 
 def with_defaults(given: Mapping, defaults: Mapping, owner: str) -> dict:
     """``defaults`` updated by ``given``; an :class:`~sfn_teach.checks.ArgumentError` names the
@@ -70,12 +120,21 @@ class OptimizerEntry:
         cls: the optimiser class.
         label: a human-readable name for legends and tables.
         checks: per hyperparameter, a check run before the class sees the value.
+        create_graph: whether the closure's ``backward`` must keep the gradient's graph
+            (optimisers that differentiate the gradient again: AdaHessian, Sophia-H).
+        hvps: ``hvps(optimizer)``, the Hessian-vector products its next ``step`` takes beyond
+            the closure's gradients (``None``: none) — for the trainer's counts.
+        guarded: the trainer undoes a step that leaves a non-finite loss or parameter and stops
+            the run (:class:`sfn_teach.train.Trainer`).
     """
 
     key: str
     cls: type
     label: str
     checks: Mapping[str, Callable] = field(default_factory=dict)
+    create_graph: bool = False
+    hvps: Callable | None = None
+    guarded: bool = False
 
     @property
     def uses_backward(self) -> bool:
@@ -89,7 +148,8 @@ class OptimizerEntry:
         :data:`NOT_HYPERPARAMETERS`)."""
         return {name: parameter.default
                 for name, parameter in inspect.signature(self.cls).parameters.items()
-                if name not in NOT_HYPERPARAMETERS}
+                if name not in NOT_HYPERPARAMETERS
+                and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)}
 
     def __call__(self, params, **hyperparameters):
         """The optimiser over ``params``, after :func:`with_defaults`' check of the names and
@@ -120,10 +180,15 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
         _entry("series_sfn", SeriesSFN, "series SFN"),
         _entry("exact_sfn", ExactSFN, "exact SFN"),
         _entry("newton", Newton, "Newton"),
+        OptimizerEntry("adahessian", pytorch_optimizer.AdaHessian, "AdaHessian",
+                       HUTCHINSON_CHECKS, create_graph=True, hvps=hutchinson_hvps, guarded=True),
+        OptimizerEntry("sophia_h", pytorch_optimizer.SophiaH, "Sophia-H", HUTCHINSON_CHECKS,
+                       create_graph=True, hvps=hutchinson_hvps, guarded=True),
+        OptimizerEntry("lbfgs", torch.optim.LBFGS, "L-BFGS", LBFGS_CHECKS, guarded=True),
     )
 }
 """Every optimiser by name: ``"sgd"``, ``"adam"``, ``"series_sfn"``, ``"exact_sfn"``,
-``"newton"``."""
+``"newton"``, ``"adahessian"``, ``"sophia_h"``, ``"lbfgs"``."""
 
 
 def get_optimizer(key: str) -> OptimizerEntry:
@@ -133,22 +198,32 @@ def get_optimizer(key: str) -> OptimizerEntry:
     return OPTIMIZERS[key]
 
 
+def entry_of(optimizer) -> OptimizerEntry | None:
+    """The registry entry whose class ``optimizer`` is an instance of (exactly), else ``None``."""
+    return next((entry for entry in OPTIMIZERS.values() if type(optimizer) is entry.cls), None)
+
+
 def step_closure(optimizer, loss: Callable[[], torch.Tensor], after_backward=None):
     """The closure that ``optimizer.step`` takes, from ``loss()`` (which evaluates the loss).
 
     A :class:`~sfn_teach.optim.CurvatureOptimizer` takes ``loss`` itself: it differentiates
     the loss (gradient and Hessian-vector products) on its own. Any other optimiser gets a
-    closure that zeroes the gradients, evaluates the loss, calls ``backward`` and returns
+    closure that zeroes the gradients, evaluates the loss, calls ``backward`` (with
+    ``create_graph=True`` where its entry says :attr:`~OptimizerEntry.create_graph`) and returns
     ``after_backward(loss)`` (e.g. :class:`sfn_teach.distributed.GradientMean`, which averages
     loss and gradients over the ranks), or the loss, as ``torch.optim`` expects.
     """
     if isinstance(optimizer, CurvatureOptimizer):
         return loss
+    entry = entry_of(optimizer)
+    create_graph = entry is not None and entry.create_graph
 
     def loss_and_gradient():
         optimizer.zero_grad()
         value = loss()
-        value.backward()
+        with warnings.catch_warnings():  # the trainer sets the gradients to None after the step
+            warnings.filterwarnings("ignore", "Using backward.. with create_graph=True")
+            value.backward(create_graph=create_graph)
         return value if after_backward is None else after_backward(value)
 
     return loss_and_gradient

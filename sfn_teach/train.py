@@ -19,8 +19,11 @@ uses batch statistics and updates nothing (:func:`make_closure`).
   compiles, in ``compile_seconds``; both are reported, never hidden;
 - the work in *gradient-equivalents* (:class:`CostModel`): one per gradient, ``c_HVP`` per
   Hessian-vector product and ``c_fwd`` per forward-only pass, counted from the optimiser's
-  ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``; a ``torch.optim`` optimiser
-  costs one gradient per step). Per step, ``c_t = n_grad + c_HVP · n_HVP + c_fwd · n_fwd``, so
+  ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``); any other optimiser costs one
+  gradient per evaluation of its closure (one per step for SGD and Adam, several for L-BFGS)
+  plus the Hessian-vector products its registry entry counts
+  (:attr:`sfn_teach.registry.OptimizerEntry.hvps`: AdaHessian's and Sophia-H's Hutchinson
+  products). Per step, ``c_t = n_grad + c_HVP · n_HVP + c_fwd · n_fwd``, so
   ``grad_equivalents = Σ_t c_t`` whatever the batch. ``example_grad_equivalents = Σ_t c_t B_t``
   weighs each step by the examples ``B_t`` of its (global) batch: one gradient on one example
   is 1, so a step on 400 examples costs four times one on 100. Evaluation passes and the
@@ -44,6 +47,14 @@ a compiled graph is not supported by PyTorch's AOTAutograd), the trainer restore
 falls back to the eager model, warns and says so in every record (``compiled``,
 ``compile_error``).
 
+**Non-finite steps.** A curvature optimiser skips a non-finite step itself
+(:class:`~sfn_teach.optim.NonFiniteStepError` after too many). For an optimiser whose registry
+entry is ``guarded`` (the libraries' AdaHessian, Sophia-H, L-BFGS), the trainer keeps the
+parameters and the optimiser's state before each step; a step that leaves a non-finite loss or
+parameter is undone (both restored) and the run stops with
+:class:`~sfn_teach.optim.NonFiniteStepError`, so nothing non-finite reaches the parameters, a
+record or a checkpoint.
+
 **Time budgets.** :meth:`Trainer.run` with ``time_budget`` stops after the first step at which
 ``wall_clock`` reaches it (``num_steps`` stays the cap) and records that step. How many steps
 fit in a time budget depends on the machine and its load, so a time-budgeted run is not
@@ -64,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import random
 import warnings
@@ -83,8 +95,8 @@ from .diagnostics import CURVATURE_FIELDS, curvature_diagnostics, hessian_eigenv
 from .distributed import GradientMean, rank, world_size
 from .hvp import DENSE_MAX_DIM, batchnorm_policy
 from .models import count_parameters
-from .optim import CurvatureOptimizer, StepStats
-from .registry import OPTIMIZERS, step_closure
+from .optim import CurvatureOptimizer, NonFiniteStepError, StepStats
+from .registry import OPTIMIZERS, entry_of, step_closure
 
 __all__ = [
     "CURVATURE_FIELDS", "OPTIMIZERS", "STAT_FIELDS", "TIMING_FIELDS", "CostModel", "Trainer",
@@ -250,6 +262,11 @@ class Trainer:
         curvature_batch_size: int | None = None,
     ):
         integer("warmup_steps", warmup_steps, 0)
+        self.entry = entry_of(optimizer)
+        if process_group is not None and self.entry is not None and self.entry.create_graph:
+            raise ArgumentError("process_group", f"{self.entry.label} is not supported "
+                                "data-parallel: its Hessian-vector products would not be "
+                                "averaged over the ranks")
         self.curvature_every = curvature_every
         self.curvature_batch = None if curvature_every is None else _diagnostic_batch(
             model, dataset, curvature_every,
@@ -313,15 +330,56 @@ class Trainer:
         closure = make_closure(self.optimizer, self.model, self.loss_fn, inputs, targets,
                                forward=self.forward, autocast_dtype=dtype,
                                gradient_mean=gradient_mean)
-        with tf32(allow_tf32):
-            loss = float(self.optimizer.step(closure).detach())
         if self.curvature:
+            with tf32(allow_tf32):
+                self.optimizer.step(closure)
             return self.optimizer.stats
+        entry = self.entry
+        hvps = entry.hvps(self.optimizer) if entry is not None and entry.hvps else 0
+        guarded = entry is not None and entry.guarded
+        before = self._snapshot() if guarded else None
+        evaluations = 0
+
+        def counted():
+            nonlocal evaluations
+            evaluations += 1
+            return closure()
+
+        with tf32(allow_tf32):
+            loss = float(self.optimizer.step(counted).detach())
+        if entry is not None and entry.create_graph:  # break the gradient ↔ graph cycle
+            self.optimizer.zero_grad(set_to_none=True)
+        if guarded:
+            self._refuse_non_finite(loss, before)
+        stats = StepStats(step=self.step + 1, loss=loss, num_gradients=evaluations, num_hvps=hvps)
         if gradient_mean is None:
-            return StepStats(step=self.step + 1, loss=loss)
-        return StepStats(step=self.step + 1, loss=loss,
-                         allreduce_bytes=gradient_mean.bytes_reduced,
-                         allreduce_seconds=gradient_mean.seconds_reducing)
+            return stats
+        return dataclasses.replace(stats, allreduce_bytes=gradient_mean.bytes_reduced,
+                                   allreduce_seconds=gradient_mean.seconds_reducing)
+
+    def _snapshot(self):
+        """The parameters and the optimiser's state, copied (to undo a non-finite step)."""
+        return ([p.detach().clone() for p in self.model.parameters()],
+                copy.deepcopy(self.optimizer.state_dict()))
+
+    def _refuse_non_finite(self, loss: float, before) -> None:
+        """Undo the step just taken and raise :class:`~sfn_teach.optim.NonFiniteStepError` if
+        it left a non-finite loss or parameter (``before``: :meth:`_snapshot`)."""
+        if math.isfinite(loss):
+            with torch.no_grad():
+                finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+            if finite:
+                return
+        what = "loss" if not math.isfinite(loss) else "parameters"
+        parameters, state = before
+        with torch.no_grad():
+            for p, saved in zip(self.model.parameters(), parameters):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(state)
+        raise NonFiniteStepError(
+            f"{self.entry.label}: step {self.step + 1} gave non-finite {what} (loss {loss}); "
+            f"the step was undone (parameters and optimiser state as after step {self.step}) "
+            "and the run stops: its records and checkpoints hold only finite steps")
 
     def _first_compiled_step(self) -> StepStats:
         """The first step through ``torch.compile``; on failure restore, go eager, retry."""

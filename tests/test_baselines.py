@@ -1,0 +1,241 @@
+"""The optimisers a user would pick instead (issue 14): AdaHessian and Sophia-H from
+``pytorch-optimizer``, L-BFGS from ``torch.optim``, through the registry and the trainer.
+
+Each run through :class:`sfn_teach.train.Trainer` equals the library's optimiser driven by hand
+in its documented way, bit for bit on the CPU, with the work counted from what actually ran;
+and each keeps the runner's guarantees: reproducibility, exact resume (from a state dict and
+after a SIGKILL of the CLI), bad hyperparameters refused before training with the field named,
+and no non-finite step reaching the parameters.
+"""
+
+import copy
+import inspect
+import math
+import signal
+
+import pytest
+import pytorch_optimizer
+import torch
+import torch.nn.functional as F
+from bench_configs import changed, digits_config, without_timing, write_config
+from test_bench import cli, records_on_disk
+
+from sfn_teach.bench import ConfigError, load_benchmark, run_benchmark, validate_config
+from sfn_teach.checkpoint import load_checkpoint, save_checkpoint
+from sfn_teach.data import Batches, load_digits
+from sfn_teach.models import MLP
+from sfn_teach.optim import NonFiniteStepError
+from sfn_teach.registry import OPTIMIZERS, get_optimizer
+from sfn_teach.train import Trainer, seed_everything
+
+torch.set_num_threads(1)
+
+SETTINGS = {
+    "adahessian": dict(lr=0.1),
+    "sophia_h": dict(lr=0.05, update_period=3),
+    "lbfgs": dict(lr=0.5, max_iter=4),
+    "lbfgs_wolfe": dict(lr=1.0, max_iter=4, line_search_fn="strong_wolfe"),
+}
+KINDS = list(SETTINGS)
+LIBRARY = {"adahessian": pytorch_optimizer.AdaHessian, "sophia_h": pytorch_optimizer.SophiaH,
+           "lbfgs": torch.optim.LBFGS, "lbfgs_wolfe": torch.optim.LBFGS}
+BATCH, HIDDEN, STEPS = 200, 6, 7
+
+
+def key(kind):
+    return "lbfgs" if kind == "lbfgs_wolfe" else kind
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(torch.float64)
+
+
+def fresh_model(seed=0):
+    seed_everything(seed)
+    return MLP((64, HIDDEN, 10)).double()
+
+
+def make_trainer(digits, kind, seed=0, loss_fn=F.cross_entropy):
+    model = fresh_model(seed)
+    optimizer = OPTIMIZERS[key(kind)](model.parameters(), **SETTINGS[kind])
+    return Trainer(model, optimizer, digits, BATCH, seed, loss_fn=loss_fn)
+
+
+def by_hand(digits, kind, steps):
+    """The library's optimiser as its documentation drives it, on the trainer's batches:
+    ``loss.backward(create_graph=True); optimizer.step(); optimizer.zero_grad()`` for
+    pytorch-optimizer's Hutchinson optimisers, ``optimizer.step(closure)`` for L-BFGS.
+    Returns the model and the closure evaluations per step."""
+    model = fresh_model()
+    optimizer = LIBRARY[kind](model.parameters(), **SETTINGS[kind])
+    batches = Batches(digits.train, BATCH, 0)
+    evaluations = []
+    for step in range(steps):
+        x, y = batches[step]
+        if kind in ("adahessian", "sophia_h"):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward(create_graph=True)
+            optimizer.step()
+            optimizer.zero_grad()
+            evaluations.append(1)
+        else:
+            calls = 0
+
+            def closure(x=x, y=y):
+                nonlocal calls
+                calls += 1
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+            evaluations.append(calls)
+    return model, evaluations
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_trainer_equals_the_library_driven_by_hand(digits, kind):
+    trainer = make_trainer(digits, kind)
+    records = trainer.run(STEPS, eval_every=STEPS, progress=False)
+    model, evaluations = by_hand(digits, kind, STEPS)
+    for p, q in zip(trainer.model.parameters(), model.parameters()):
+        assert torch.equal(p, q)
+    # the work: one gradient per closure evaluation, Hutchinson products by the library's rule
+    assert records[-1]["gradients"] == sum(evaluations)
+    expected_hvps = {"adahessian": STEPS, "sophia_h": 3}.get(kind, 0)  # Sophia: steps 1, 4, 7
+    assert records[-1]["hvps"] == expected_hvps
+    assert records[-1]["grad_equivalents"] == sum(evaluations) + 2.0 * expected_hvps
+    if kind.startswith("lbfgs"):
+        assert sum(evaluations) > STEPS  # several closure evaluations per step, all counted
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert all(p.grad is None for p in trainer.model.parameters()) == (
+        kind in ("adahessian", "sophia_h"))  # create_graph: the cycle is broken after the step
+
+
+def test_the_registry_says_how_each_is_driven():
+    for name in ("adahessian", "sophia_h"):
+        entry = get_optimizer(name)
+        assert entry.create_graph and entry.uses_backward and entry.guarded
+        assert "kwargs" not in entry.defaults and entry.defaults["lr"] == inspect_default(
+            entry.cls, "lr")
+    lbfgs = get_optimizer("lbfgs")
+    assert not lbfgs.create_graph and lbfgs.hvps is None and lbfgs.guarded
+    assert lbfgs.defaults["line_search_fn"] is None and lbfgs.defaults["max_iter"] == 20
+
+
+def inspect_default(cls, name):
+    return inspect.signature(cls).parameters[name].default
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reproducible_and_resumed_exactly(digits, kind, tmp_path):
+    reference = make_trainer(digits, kind)
+    expected = reference.run(6, eval_every=2, progress=False)
+    assert without_timing(make_trainer(digits, kind).run(6, eval_every=2, progress=False)) \
+        == without_timing(expected)
+
+    first = make_trainer(digits, kind)
+    records = first.run(4, eval_every=2, progress=False)
+    save_checkpoint(first.state_dict(), tmp_path / "state.pt")  # weights_only-loadable
+    torch.rand(5)  # disturb the global generators (Hutchinson's probes come from them)
+    resumed = make_trainer(digits, kind, seed=0)
+    resumed.model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "state.pt"))
+    records += resumed.run(6, eval_every=2, progress=False)
+    assert without_timing(records) == without_timing(expected)
+    for p, q in zip(resumed.model.parameters(), reference.model.parameters()):
+        assert torch.equal(p, q)
+
+
+# The three in one benchmark config (tiny: 8 steps, a record every 2)
+TABLES = [{"name": "AdaHessian", "type": "adahessian", "lr": 0.1},
+          {"name": "Sophia-H", "type": "sophia_h", "lr": 0.05, "update_period": 3},
+          {"name": "L-BFGS", "type": "lbfgs", "lr": 1.0, "max_iter": 3,
+           "line_search_fn": "strong_wolfe"}]
+CONFIG = digits_config("baselines", TABLES, hidden=[6], steps=8, batch_size=200, evals=4,
+                       checkpoint_every=1, seeds=[0])
+
+BAD = [
+    # (index, hyperparameter, value)
+    (0, "lr", -0.1),
+    (0, "betas", [0.9, 1.5]),
+    (0, "update_period", 0),
+    (0, "hessian_power", 2.0),
+    (1, "hessian_distribution", "uniform"),
+    (1, "num_samples", 0),
+    (1, "p", 0.0),
+    (2, "line_search_fn", "armijo"),
+    (2, "history_size", 0),
+    (2, "max_iter", 1.5),
+    (2, "momentum", 0.9),  # not a hyperparameter of L-BFGS
+]
+
+
+@pytest.mark.parametrize("index, name, value", BAD, ids=[f"{i}-{n}" for i, n, _ in BAD])
+def test_bad_hyperparameters_are_refused_with_the_field_named(index, name, value):
+    with pytest.raises(ConfigError) as error:
+        validate_config(changed(CONFIG, ("optimizers", index, name), value))
+    assert error.value.field == f"optimizers[{index}].{name}"
+
+
+def test_sigkill_then_resume_gives_identical_records(tmp_path):
+    reference = tmp_path / "reference"
+    run_benchmark(CONFIG, reference, progress=False)
+    expected = without_timing(load_benchmark(reference)[1])
+    assert len(expected) == 3 * 5
+    path = write_config(tmp_path, CONFIG)
+    out = tmp_path / "killed"
+    for number, kill_at in enumerate(("record:3", "checkpoint-write:2", "record:2")):
+        process = cli(path, out, *(["--resume"] if number else []), kill_at=kill_at)
+        assert process.wait(timeout=60) == -signal.SIGKILL, process.stderr.read()
+        on_disk = without_timing(records_on_disk(out))
+        assert on_disk == expected[: len(on_disk)]
+    process = cli(path, out, "--resume")
+    assert process.wait(timeout=60) == 0, process.stderr.read()
+    assert without_timing(load_benchmark(out)[1]) == expected
+
+
+class PoisonAfter:
+    """Cross-entropy that turns NaN from its ``n``-th call on (a stand-in for a divergence)."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, outputs, targets):
+        self.calls += 1
+        loss = F.cross_entropy(outputs, targets)
+        return loss * math.nan if self.calls >= self.n else loss
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_non_finite_step_never_reaches_the_parameters(digits, kind):
+    trainer = make_trainer(digits, kind)
+    trainer.run(2, eval_every=2, progress=False)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    state = copy.deepcopy(trainer.optimizer.state_dict())
+    trainer.loss_fn = PoisonAfter(1)  # every later evaluation (training and records) is NaN
+    with pytest.raises(NonFiniteStepError, match=r"step 3 gave non-finite .* step was undone"):
+        trainer.train_step()
+    for p, q in zip(trainer.model.parameters(), before):
+        assert torch.equal(p, q)
+    assert str(trainer.optimizer.state_dict()) == str(state)
+    assert trainer.step == 2 and trainer.counts["gradients"] >= 2
+
+
+def test_a_divergent_run_stops_with_its_finite_records_and_checkpoint_kept(tmp_path):
+    """AdaHessian at α = 1e306: its first step gives finite (huge) parameters at which the loss
+    overflows, so the second step is refused: the run stops with the error, the records up to
+    step 1 are kept (step 1's losses are the measured ∞) and the checkpoint holds the finite
+    parameters of step 1."""
+    config = changed(CONFIG, ("optimizers",), [{**TABLES[0], "lr": 1e306}])
+    config["train"]["evals"] = 8  # a record and a checkpoint after every step
+    with pytest.raises(NonFiniteStepError, match="AdaHessian: step 2 gave non-finite loss"):
+        run_benchmark(config, tmp_path, progress=False)
+    records = records_on_disk(tmp_path)
+    assert [r["step"] for r in records] == [0, 1]
+    assert math.isfinite(records[0]["train_loss"]) and records[1]["train_loss"] == math.inf
+    state = load_checkpoint(tmp_path / "adahessian-seed0" / "checkpoint.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert state["step"] == records[-1]["step"]
