@@ -11,6 +11,15 @@ here (the paper's)::
                   logU[1e-3, 1]; one_minus_beta2 (1 − β₂) ~ logU[1e-4, 1]
     exact_sfn,    damping (λ₀) ~ logU[1e-8, 1] (the paper gives none; SeriesSFN's range)
     newton
+    adahessian    lr ~ logU[1e-3, 1]; hessian_power (k) ~ U[0.5, 1] (Yao et al. 2021,
+                  AdaHessian: α = 0.15 on CIFAR-10 and the Hessian power k ∈ [0.5, 1] studied
+                  there; the range of α is this library's, about a decade either side)
+    sophia_h      lr ~ logU[1e-4, 1e-1]; p (the clip ρ) ~ logU[1e-3, 1e-1] (Liu et al. 2023,
+                  Sophia: ρ ≈ 0.01–0.05 and α a small multiple of AdamW's; pytorch-optimizer's
+                  defaults α = 0.06, ρ = 0.01 lie inside)
+    lbfgs         lr ~ logU[1e-2, 1]; history_size ~ choice{5, 10, 20, 100} (torch.optim.LBFGS
+                  docs: lr = 1 and history 100 by default; with line_search_fn = "strong_wolfe"
+                  the step is found by the line search and lr = 1 is its usual start)
     image tasks   also batch_size ~ choice{50, 100, 200, 400, 800, 1600, 3200} (≤ N_train)
 
 A parameter's distribution is a table with one key: ``loguniform = [a, b]``, ``uniform =
@@ -50,8 +59,12 @@ DEFAULT_SPACES = {
              "one_minus_beta2": {"loguniform": [1e-4, 1.0]}},
     "exact_sfn": LAMBDA_SPACE,
     "newton": LAMBDA_SPACE,
+    "adahessian": {"lr": {"loguniform": [1e-3, 1.0]}, "hessian_power": {"uniform": [0.5, 1.0]}},
+    "sophia_h": {"lr": {"loguniform": [1e-4, 1e-1]}, "p": {"loguniform": [1e-3, 1e-1]}},
+    "lbfgs": {"lr": {"loguniform": [1e-2, 1.0]}, "history_size": {"choice": [5, 10, 20, 100]}},
 }
-"""The search space of each optimiser type (the paper's), in the config's notation."""
+"""The search space of each optimiser type (the paper's; for AdaHessian, Sophia-H and L-BFGS
+their own papers' and documentation's, see the module docstring), in the config's notation."""
 UNADAPTIVE_SPACE = {"lr": {"loguniform": [1e-3, 5.0]}, "momentum": {"loguniform": [1e-3, 0.95]}}
 """Added for SeriesSFN without ``adaptive``: its fixed α and μ are tuned too."""
 ADAM_BETAS = {"one_minus_beta1": 0, "one_minus_beta2": 1}
