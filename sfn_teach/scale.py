@@ -62,7 +62,13 @@ def remember_spectrum(state, estimate: float) -> None:
     """Keep the newest :data:`SPECTRUM_MEMORY` estimates of ``λ_max(H²)``. The smallest sets
     ``V``: a batch whose spectrum is an outlier does not inflate the next steps' ``V`` (too
     large a ``V`` blurs the filter), and a ``V`` too small costs little, because a diverging
-    series is stopped at its first growing term and summed again."""
+    series is stopped at its first growing term and summed again.
+
+    An estimate that is not a positive finite number (``H`` vanishes along everything the
+    series saw, e.g. a loss linear in θ, or ``H²g`` overflowed) says nothing about the
+    spectrum's scale and is not kept: ``V`` must stay ``> 0``."""
+    if not (math.isfinite(estimate) and estimate > 0):
+        return
     state["spectrum_estimates"] = [*state.get("spectrum_estimates", []),
                                    estimate][-SPECTRUM_MEMORY:]
 
@@ -86,7 +92,8 @@ def choose_scale(operator, state, hp) -> tuple[torch.Tensor | None, int]:
         if not state.get("spectrum_estimates") or (hp["num_terms"] <= 2 and stale):
             estimate, products = power_estimate(operator, state, hp)
             remember_spectrum(state, estimate)
-        state["scale"] = safety * min(state["spectrum_estimates"])
+        if state.get("spectrum_estimates"):  # else V stays as it is (at first, hp["scale"])
+            state["scale"] = safety * min(state["spectrum_estimates"])
         return None, products
     elif hp["num_terms"] > 1:  # lower_bound, from the series' own first product pair
         grad = operator.grad

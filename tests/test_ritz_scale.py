@@ -272,3 +272,15 @@ def test_a_series_diverging_before_any_ritz_value_doubles_v_and_leaves_theta_fin
     assert optimizer.stats["diverging"] and optimizer.stats["scale_retries"] == 3
     assert optimizer.stats["scale"] == pytest.approx(8 * v)
     assert optimizer.stats["skipped"] and torch.equal(theta.detach(), before)
+
+
+def test_a_vanishing_hessian_leaves_v_where_it_was():
+    """A loss linear in θ has H = 0: every estimate of λ_max² is 0, which says nothing about
+    the scale, so V stays at its starting value (a V of 0 would be refused by the series)."""
+    theta = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    slope = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    optimizer = SeriesSFN([theta], num_terms=6, scale=7.0)
+    for _ in range(3):
+        optimizer.step(lambda: slope @ theta)
+        assert optimizer.stats["scale"] == 7.0 and optimizer.stats["lambda_max"] is None
+    assert torch.isfinite(theta).all() and not torch.equal(theta.detach(), torch.ones(3).double())
