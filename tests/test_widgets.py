@@ -1,9 +1,7 @@
 """The widget panels, driven by setting control values in code as a browser would."""
 
-import ast
 import base64
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,28 +317,6 @@ def test_filter_explorer_leaves_a_png_of_its_figure():
     ax_filter, ax_error = panel._static_figure().axes
     np.testing.assert_array_equal(ax_filter.lines[0].get_ydata(), filter_curve(6, 16.0)[1])
     assert "V = 16" in ax_error.get_title()
-
-
-# ---------------------------------------------------------------------------------------------
-# The modules of the panels and figures
-# ---------------------------------------------------------------------------------------------
-
-FIGURE_MODULES = ("plots", "series_plots", "plot_style", "widgets", "widget_parts", "live_plot",
-                  "benchmark_panel")
-
-
-@pytest.mark.parametrize("module", FIGURE_MODULES)
-def test_figure_and_panel_modules_are_short_and_import_only_public_names(module):
-    path = Path(__file__).resolve().parents[1] / "sfn_teach" / f"{module}.py"
-    source = path.read_text()
-    assert len(source.splitlines()) <= 500
-    private = [
-        f"{node.module}.{alias.name}"
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.ImportFrom) and (node.level or node.module.startswith("sfn_teach"))
-        for alias in node.names if alias.name.startswith("_")
-    ]
-    assert private == [], private
 
 
 def test_panels_draw_without_warnings_where_the_notebooks_turn_on_constrained_layout():
