@@ -49,7 +49,7 @@ DEPTHS = (2, 3) if FAST else (2, 3, 4)  # section 3
 SCALES = (0.1, 0.03, 0.01) if FAST else (0.3, 0.1, 0.03, 0.01, 0.003)  # section 3
 TANH_SEEDS = SEEDS[:3] if FAST else SEEDS  # section 4
 TANH_SIZES, TANH_SCALE = (8, 5, 5, 10), 0.1  # section 5: a small-init tanh MLP on the digits
-CONTROL_BUDGET = 300 if FAST else 1000  # section 5: gradient-equivalents per run (3000: see README)
+CONTROL_BUDGET = 300 if FAST else 1000  # section 5: gradient-equivalents per run
 
 # %%
 import sfn_teach.cpu  # first, before torch starts: how its CPU threads wait
