@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from .checks import ArgumentError, integer
 from .device import tf32
-from .hvp import ModelHVP
+from .hvp import DENSE_MAX_DIM, ModelHVP
+from .models import count_parameters
 from .optim import CurvatureOptimizer, SeriesSFN
 from .series import exact_sfn_direction, sfn_series
 
-__all__ = ["CURVATURE_FIELDS", "curvature_diagnostics", "hessian_eigenvalues"]
+__all__ = ["CURVATURE_FIELDS", "curvature_diagnostics", "diagnostic_batch", "hessian_eigenvalues"]
 
 CURVATURE_FIELDS = ("lambda_max_squared", "cos_gradient_exact", "cos_series_exact")
 """The record fields of the curvature diagnostics (:func:`curvature_diagnostics`)."""
@@ -96,3 +98,19 @@ def curvature_diagnostics(model, loss_fn, inputs, targets, optimizer) -> dict:
                             hyperparameters["sablonniere"], kind)
         diagnostics["cos_series_exact"] = _cosine(series.direction, exact)
     return diagnostics
+
+
+def diagnostic_batch(model, dataset, curvature_every, curvature_batch_size, process_group):
+    """The first ``curvature_batch_size`` training examples as ``(model inputs, targets)``,
+    after checking that :class:`~sfn_teach.train.Trainer` can record curvature diagnostics every
+    ``curvature_every`` records (a ValueError names the argument and its valid range)."""
+    integer("curvature_every", curvature_every, 1)
+    if count_parameters(model) > DENSE_MAX_DIM:
+        raise ArgumentError("curvature_every", f"needs the dense Hessian: at most "
+                            f"sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM} parameters, but the "
+                            f"model has {count_parameters(model)}")
+    if process_group is not None:
+        raise ArgumentError("curvature_every", "must be None when data-parallel (process_group "
+                            "set): the diagnostics run in one process")
+    integer("curvature_batch_size", curvature_batch_size, 1, len(dataset.train))
+    return next(dataset.train.chunks(curvature_batch_size))

@@ -13,7 +13,7 @@ optimiser's ``step`` takes.
 with :mod:`sfn_teach.checks`: every refusal is an :class:`~sfn_teach.checks.ArgumentError`
 whose ``field`` is the hyperparameter.
 
-**The optimisers a user would pick instead** (issue 14), from the libraries made for them, not
+**The optimisers a user would pick instead**, from the libraries made for them, not
 written here: AdaHessian (Yao et al. 2021) and Sophia-H (Liu et al. 2023) from
 ``pytorch-optimizer``, and L-BFGS from ``torch.optim``. AdaHessian and Sophia-H estimate the
 Hessian's diagonal by Hutchinson's ``z ⊙ Hz`` from the gradient's graph, so their entries say

@@ -19,11 +19,9 @@ uses batch statistics and updates nothing (:func:`make_closure`).
   compiles, in ``compile_seconds``; both are reported, never hidden;
 - the work in *gradient-equivalents* (:class:`CostModel`): one per gradient, ``c_HVP`` per
   Hessian-vector product and ``c_fwd`` per forward-only pass, counted from the optimiser's
-  ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``); any other optimiser costs one
-  gradient per evaluation of its closure (one per step for SGD and Adam, several for L-BFGS)
-  plus the Hessian-vector products its registry entry counts
-  (:attr:`sfn_teach.registry.OptimizerEntry.hvps`: AdaHessian's and Sophia-H's Hutchinson
-  products). Per step, ``c_t = n_grad + c_HVP · n_HVP + c_fwd · n_fwd``, so
+  ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``), any other optimiser's as
+  :func:`sfn_teach.library_step.library_step` counts them (its closure's evaluations, the
+  registry's products). Per step, ``c_t = n_grad + c_HVP · n_HVP + c_fwd · n_fwd``, so
   ``grad_equivalents = Σ_t c_t`` whatever the batch. ``example_grad_equivalents = Σ_t c_t B_t``
   weighs each step by the examples ``B_t`` of its (global) batch: one gradient on one example
   is 1, so a step on 400 examples costs four times one on 100. Evaluation passes and the
@@ -47,13 +45,9 @@ a compiled graph is not supported by PyTorch's AOTAutograd), the trainer restore
 falls back to the eager model, warns and says so in every record (``compiled``,
 ``compile_error``).
 
-**Non-finite steps.** A curvature optimiser skips a non-finite step itself
-(:class:`~sfn_teach.optim.NonFiniteStepError` after too many). For an optimiser whose registry
-entry is ``guarded`` (the libraries' AdaHessian, Sophia-H, L-BFGS), the trainer keeps the
-parameters and the optimiser's state before each step; a step that leaves a non-finite loss or
-parameter is undone (both restored) and the run stops with
-:class:`~sfn_teach.optim.NonFiniteStepError`, so nothing non-finite reaches the parameters, a
-record or a checkpoint.
+**Non-finite steps.** A curvature optimiser skips a non-finite step itself; any other one is
+stepped by :func:`sfn_teach.library_step.library_step`, which undoes a non-finite step of a
+``guarded`` registry entry and stops the run.
 
 **Time budgets.** :meth:`Trainer.run` with ``time_budget`` stops after the first step at which
 ``wall_clock`` reaches it (``num_steps`` stays the cap) and records that step. How many steps
@@ -91,11 +85,16 @@ from .checkpoint import rng_state, set_rng_state
 from .checks import ArgumentError, integer, real
 from .data import SPLITS, Batches, Dataset, Split
 from .device import Precision, autocast, tf32, timed
-from .diagnostics import CURVATURE_FIELDS, curvature_diagnostics, hessian_eigenvalues
+from .diagnostics import (
+    CURVATURE_FIELDS,
+    curvature_diagnostics,
+    diagnostic_batch,
+    hessian_eigenvalues,
+)
 from .distributed import GradientMean, rank, world_size
-from .hvp import DENSE_MAX_DIM, batchnorm_policy
-from .models import count_parameters
-from .optim import CurvatureOptimizer, NonFiniteStepError, StepStats
+from .hvp import batchnorm_policy
+from .library_step import library_step
+from .optim import CurvatureOptimizer, StepStats
 from .registry import OPTIMIZERS, entry_of, step_closure
 
 __all__ = [
@@ -193,22 +192,6 @@ def evaluate(model, loss_fn, split: Split, batch_size: int | None = None) -> dic
     return {"loss": total_loss / len(split), "accuracy": correct / len(split)}
 
 
-def _diagnostic_batch(model, dataset, curvature_every, curvature_batch_size, process_group):
-    """The first ``curvature_batch_size`` training examples as ``(model inputs, targets)``,
-    after checking that :class:`Trainer` can record curvature diagnostics every
-    ``curvature_every`` records (a ValueError names the argument and its valid range)."""
-    integer("curvature_every", curvature_every, 1)
-    if count_parameters(model) > DENSE_MAX_DIM:
-        raise ArgumentError("curvature_every", f"needs the dense Hessian: at most "
-                            f"sfn_teach.hvp.DENSE_MAX_DIM = {DENSE_MAX_DIM} parameters, but the "
-                            f"model has {count_parameters(model)}")
-    if process_group is not None:
-        raise ArgumentError("curvature_every", "must be None when data-parallel (process_group "
-                            "set): the diagnostics run in one process")
-    integer("curvature_batch_size", curvature_batch_size, 1, len(dataset.train))
-    return next(dataset.train.chunks(curvature_batch_size))
-
-
 class Trainer:
     """Trains ``model`` with ``optimizer`` on minibatches of ``dataset.train``.
 
@@ -268,7 +251,7 @@ class Trainer:
                                 "data-parallel: its Hessian-vector products would not be "
                                 "averaged over the ranks")
         self.curvature_every = curvature_every
-        self.curvature_batch = None if curvature_every is None else _diagnostic_batch(
+        self.curvature_batch = None if curvature_every is None else diagnostic_batch(
             model, dataset, curvature_every,
             batch_size if curvature_batch_size is None else curvature_batch_size, process_group)
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
@@ -334,52 +317,12 @@ class Trainer:
             with tf32(allow_tf32):
                 self.optimizer.step(closure)
             return self.optimizer.stats
-        entry = self.entry
-        hvps = entry.hvps(self.optimizer) if entry is not None and entry.hvps else 0
-        guarded = entry is not None and entry.guarded
-        before = self._snapshot() if guarded else None
-        evaluations = 0
-
-        def counted():
-            nonlocal evaluations
-            evaluations += 1
-            return closure()
-
         with tf32(allow_tf32):
-            loss = float(self.optimizer.step(counted).detach())
-        if entry is not None and entry.create_graph:  # break the gradient ↔ graph cycle
-            self.optimizer.zero_grad(set_to_none=True)
-        if guarded:
-            self._refuse_non_finite(loss, before)
-        stats = StepStats(step=self.step + 1, loss=loss, num_gradients=evaluations, num_hvps=hvps)
+            stats = library_step(self.optimizer, self.entry, closure, self.step)
         if gradient_mean is None:
             return stats
         return dataclasses.replace(stats, allreduce_bytes=gradient_mean.bytes_reduced,
                                    allreduce_seconds=gradient_mean.seconds_reducing)
-
-    def _snapshot(self):
-        """The parameters and the optimiser's state, copied (to undo a non-finite step)."""
-        return ([p.detach().clone() for p in self.model.parameters()],
-                copy.deepcopy(self.optimizer.state_dict()))
-
-    def _refuse_non_finite(self, loss: float, before) -> None:
-        """Undo the step just taken and raise :class:`~sfn_teach.optim.NonFiniteStepError` if
-        it left a non-finite loss or parameter (``before``: :meth:`_snapshot`)."""
-        if math.isfinite(loss):
-            with torch.no_grad():
-                finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-            if finite:
-                return
-        what = "loss" if not math.isfinite(loss) else "parameters"
-        parameters, state = before
-        with torch.no_grad():
-            for p, saved in zip(self.model.parameters(), parameters):
-                p.copy_(saved)
-        self.optimizer.load_state_dict(state)
-        raise NonFiniteStepError(
-            f"{self.entry.label}: step {self.step + 1} gave non-finite {what} (loss {loss}); "
-            f"the step was undone (parameters and optimiser state as after step {self.step}) "
-            "and the run stops: its records and checkpoints hold only finite steps")
 
     def _first_compiled_step(self) -> StepStats:
         """The first step through ``torch.compile``; on failure restore, go eager, retry."""

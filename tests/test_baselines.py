@@ -1,4 +1,4 @@
-"""The optimisers a user would pick instead (issue 14): AdaHessian and Sophia-H from
+"""The optimisers a user would pick instead: AdaHessian and Sophia-H from
 ``pytorch-optimizer``, L-BFGS from ``torch.optim``, through the registry and the trainer.
 
 Each run through :class:`sfn_teach.train.Trainer` equals the library's optimiser driven by hand
