@@ -288,12 +288,14 @@ assert all(abs(paper - gradient) < 0.01 for _, _, paper, gradient in rows)
 # %% [markdown]
 # ## 5. A benchmark over seeds
 #
-# `benchmarks/digits_mlp.toml` compares seven optimisers on this task over three seeds, with
+# `benchmarks/digits_mlp.toml` compares ten optimisers on this task over three seeds, with
 # the small-network settings published with the paper (tuned by its authors for a
 # Fashion-MNIST MLP — *not* for this task) for SGD, Adam and the series, and
 # $\lambda_0 = 1$ for Newton and exact SFN. The adaptive series runs twice: with the
 # library's default V rule and with the paper's; the unadaptive one keeps the paper's rule,
-# for which its $\alpha$ and $\mu$ were tuned. Each evaluation records the losses, the
+# for which its $\alpha$ and $\mu$ were tuned. AdaHessian and Sophia-H (diagonal curvature
+# from one Hutchinson Hessian-vector product) and L-BFGS run at their libraries' documented
+# defaults. Each evaluation records the losses, the
 # accuracy, the wall-clock of the training steps and the work in **gradient-equivalents** (a
 # gradient counts 1, a Hessian-vector product 2, a forward pass ½), per step and **per
 # example** (a step on 400 images is four times the work of a step on 100: the per-example
