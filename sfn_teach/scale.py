@@ -114,23 +114,28 @@ def grown_scale(scale: float, largest_ritz_value: float, safety: float) -> float
 def spectrum_report(state, hp) -> dict:
     """``lambda_max`` (``λ̂_max``, this step's estimate), ``scale_ratio`` (``V/λ̂_max²``) and
     ``implicit_damping`` (``½√(πV/K)``), as :class:`~sfn_teach.update.StepStats` fields;
-    warns once per run if ``V/λ̂_max² > GRADIENT_DESCENT_RATIO``: the series is then gradient
-    descent with learning rate ``≈ 2√(K/(πV))`` (docs/method.md §3)."""
+    warns once per run if ``V`` exceeds ``GRADIENT_DESCENT_RATIO`` times the largest of the
+    remembered estimates: the series is then gradient descent with learning rate
+    ``≈ 2√(K/(πV))`` (docs/method.md §3). (Every estimate is a lower bound of its step's
+    ``λ_max²``; one step's can fall far below when ``g`` hardly touches the top eigenvector,
+    so the warning asks the largest of them.)"""
     scale = state["scale"]
-    estimate = (state.get("spectrum_estimates") or [None])[-1]
+    estimates = state.get("spectrum_estimates") or []
+    estimate = estimates[-1] if estimates else None
     lambda_max = math.sqrt(estimate) if estimate else None
     ratio = scale / estimate if estimate else None
     implicit_damping = 0.5 * math.sqrt(math.pi * scale / hp["num_terms"])
-    if ratio is not None and ratio > GRADIENT_DESCENT_RATIO and not state.get("warned"):
+    largest = max(estimates, default=None)
+    if largest and scale / largest > GRADIENT_DESCENT_RATIO and not state.get("warned"):
         state["warned"] = True
         rate = 2 * math.sqrt(hp["num_terms"] / (math.pi * scale))
         warnings.warn(
-            f"SeriesSFN step {state['step']}: V = {scale:.3g} is {ratio:.3g} × λ̂_max² "
-            f"(λ̂_max ≈ {lambda_max:.3g}): every eigenvalue lies where the series' filter "
-            f"is flat, so this is gradient descent with learning rate ≈ 2√(K/(πV)) = "
-            f"{rate:.3g} (an implicit damping ½√(πV/K) = {implicit_damping:.3g} next to "
-            f"λ = {state['damping']:.3g}). Use scale_rule='ritz' (the default) so that V "
-            "follows the spectrum, or a smaller scale",
+            f"SeriesSFN step {state['step']}: V = {scale:.3g} is {scale / largest:.3g} × "
+            f"λ̂_max² (λ̂_max ≈ {math.sqrt(largest):.3g}): every eigenvalue lies where the "
+            f"series' filter is flat, so this is gradient descent with learning rate "
+            f"≈ 2√(K/(πV)) = {rate:.3g} (an implicit damping ½√(πV/K) = "
+            f"{implicit_damping:.3g} next to λ = {state['damping']:.3g}). Use "
+            "scale_rule='ritz' (the default) so that V follows the spectrum, or a smaller scale",
             RuntimeWarning,
             stacklevel=4,
         )
