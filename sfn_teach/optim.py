@@ -201,7 +201,7 @@ class SeriesSFN(CurvatureOptimizer):
         ``"ritz"`` a series whose terms grow is stopped there and summed again with a larger
         ``V`` while retries are left; the last try runs to the end."""
         square_of_grad, scale_products = choose_scale(operator, state, hp)
-        retries = 0
+        retries, seen = 0, 0.0  # seen: the largest lower bound of λ_max(H²) this step found
         while True:
             may_retry = hp["scale_rule"] == "ritz" and retries < MAX_SCALE_RETRIES
             result = sfn_series(
@@ -213,6 +213,8 @@ class SeriesSFN(CurvatureOptimizer):
                 break
             scale_products += result.num_hvps - 2  # H²g is reused: it does not depend on V
             largest = float(result.ritz_values[-1]) if len(result.ritz_values) else 0.0
+            # growing terms prove some h² > 2V; a Ritz value lies in the spectrum
+            seen = max(seen, largest, 2.0 * state["scale"])
             state["scale"] = grown_scale(state["scale"], largest, hp["scale_safety"])
             square_of_grad = result.square_of_grad
             retries += 1
@@ -224,9 +226,11 @@ class SeriesSFN(CurvatureOptimizer):
                 RuntimeWarning,
                 stacklevel=3,
             )
-        # the largest Ritz value: the next steps' V ("ritz"), and the diagnostics of every rule
+        # the estimate of λ_max(H²) for the next steps' V ("ritz") and the diagnostics of every
+        # rule: the last try's largest Ritz value, or what the tries before proved if that is
+        # larger (the last try's Ritz space can miss an eigenvalue whose share of g is tiny)
         if len(result.ritz_values) and (hp["num_terms"] > 2 or hp["scale_rule"] != "ritz"):
-            remember_spectrum(state, float(result.ritz_values[-1]))
+            remember_spectrum(state, max(seen, float(result.ritz_values[-1])))
         return result.direction, dict(
             num_hvps=result.num_hvps + scale_products,
             scale_products=scale_products,

@@ -290,7 +290,8 @@ def test_a_vanishing_hessian_leaves_v_where_it_was():
 def test_one_low_ritz_estimate_does_not_raise_the_gradient_descent_warning():
     """Escaping the deep linear network's saddle, some steps' g hardly touches the top
     eigenvector and their Ritz estimate falls far below λ_max (here below a tenth of the
-    largest remembered one); V follows the spectrum all along, so no warning."""
+    largest remembered one); V follows the spectrum all along, so no warning. A step whose
+    first try diverged remembers the largest λ_max² its tries proved, so V ≤ 2 λ̂²."""
     from sfn_teach import plateaus
 
     task = plateaus.deep_linear_task()
