@@ -28,6 +28,22 @@ if ! python -c 'import sfn_teach, pytest, nbclient, playwright, mpmath, ray.tune
     pip_quiet -e ".[dev,tune]"
     touch .venv/.sfn-teach-installed
 fi
+# What was installed, for the log: with the default torch spec, the CPU build and no CUDA wheels
+# (a dependency that pulled torchvision or a CUDA torch would replace it by a multi-GB build).
+python - <<'PY'
+import os
+from importlib.metadata import distributions
+
+import torch
+
+cuda = sorted(d.metadata["Name"] for d in distributions()
+              if d.metadata["Name"].lower().startswith(("nvidia-", "cuda-", "torchvision", "triton")))
+print(f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'}); "
+      f"CUDA wheels or torchvision installed: {', '.join(cuda) or 'none'}")
+if "SFN_TEACH_TORCH" not in os.environ and (torch.version.cuda or cuda):
+    raise SystemExit("a CUDA build of torch or CUDA wheels were installed on a CPU setup: "
+                     "a dependency pulled them (set SFN_TEACH_TORCH to choose a torch build)")
+PY
 
 # JupyterLab settings for a classroom, in this environment only: no "get notified about news"
 # prompt, no update checks.
