@@ -18,6 +18,7 @@ the method imports nothing from the other two). Modules, each with one job:
 - :mod:`sfn_teach.update`: the update every curvature optimiser shares, as pure functions, and
   their base class ``CurvatureOptimizer``;
 - :mod:`sfn_teach.optim`: the ``SeriesSFN`` optimiser; ``ExactSFN``, ``Newton`` for small problems;
+- :mod:`sfn_teach.kfac`: K-FAC (Martens & Grosse 2015) from ASDL, with an exact ``state_dict``;
 - :mod:`sfn_teach.registry`: every optimiser by name (the library's and ``torch.optim``'s),
   with its label, defaults and the closure it takes;
 - :mod:`sfn_teach.models`: the MLP and the CIFAR ResNet-18;

@@ -22,6 +22,11 @@ user never does). Their work per step, in the trainer's counts (:class:`sfn_teac
 one gradient per closure evaluation (L-BFGS evaluates its closure several times per step) and
 :attr:`OptimizerEntry.hvps` Hessian-vector products (AdaHessian: ``num_samples`` every
 ``update_period`` steps, default every step; Sophia-H: the same, default every 10th step).
+K-FAC (Martens & Grosse 2015) comes from ASDL (:mod:`sfn_teach.kfac`): its entry says
+``needs_model`` (it is built on the model, not its parameters, with ``data_size`` the batch
+size, which the builders pass) and its closure only returns the loss, like a curvature
+optimiser's; it counts :attr:`OptimizerEntry.gradients` extra gradients (the Monte-Carlo
+Fisher's backward) on the steps that recompute its factors.
 Their entries say ``guarded``: the trainer undoes a step that leaves a non-finite loss or
 parameter and stops the run with :class:`~sfn_teach.optim.NonFiniteStepError` (these libraries
 make no promise about non-finite values).
@@ -38,14 +43,15 @@ import pytorch_optimizer
 import torch
 
 from .checks import ArgumentError, choice, integer, real
+from .kfac import FISHER_GRADIENTS, KFAC
 from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN
 
 __all__ = ["OPTIMIZERS", "OptimizerEntry", "entry_of", "get_optimizer", "hutchinson_hvps",
-           "step_closure", "with_defaults"]
+           "kfac_gradients", "step_closure", "with_defaults"]
 
-NOT_HYPERPARAMETERS = ("params", "process_group")
-"""Constructor arguments that are not hyperparameters: the parameters, and data parallelism
-(set by whoever runs the optimiser)."""
+NOT_HYPERPARAMETERS = ("params", "process_group", "model", "data_size")
+"""Constructor arguments that are not hyperparameters: the parameters (or the model), data
+parallelism and K-FAC's batch size (set by whoever builds the optimiser)."""
 
 
 def _betas(value):
@@ -101,6 +107,12 @@ def hutchinson_hvps(optimizer) -> int:
     return optimizer.num_samples if step % optimizer.update_period == 0 else 0
 
 
+def kfac_gradients(optimizer) -> int:
+    """The gradients the next K-FAC step takes beyond its closure's: the Monte-Carlo Fisher's
+    backward on a step that recomputes the factors, else none."""
+    return FISHER_GRADIENTS if optimizer.curvature_step else 0
+
+
 def with_defaults(given: Mapping, defaults: Mapping, owner: str) -> dict:
     """``defaults`` updated by ``given``; an :class:`~sfn_teach.checks.ArgumentError` names the
     first name of ``given`` that ``defaults`` lacks and lists the valid ones (of ``owner``)."""
@@ -126,6 +138,10 @@ class OptimizerEntry:
             the closure's gradients (``None``: none) — for the trainer's counts.
         guarded: the trainer undoes a step that leaves a non-finite loss or parameter and stops
             the run (:class:`sfn_teach.train.Trainer`).
+        needs_model: built on the model (``entry(model, data_size=batch, …)``), not on its
+            parameters; its closure only returns the loss (K-FAC).
+        gradients: ``gradients(optimizer)``, the gradients its next ``step`` takes beyond the
+            closure's evaluations (``None``: none) — for the trainer's counts.
     """
 
     key: str
@@ -135,12 +151,14 @@ class OptimizerEntry:
     create_graph: bool = False
     hvps: Callable | None = None
     guarded: bool = False
+    needs_model: bool = False
+    gradients: Callable | None = None
 
     @property
     def uses_backward(self) -> bool:
         """Whether its closure must call ``loss.backward()`` (``torch.optim``) rather than only
-        return the loss (a :class:`~sfn_teach.optim.CurvatureOptimizer`)."""
-        return not issubclass(self.cls, CurvatureOptimizer)
+        return the loss (a :class:`~sfn_teach.optim.CurvatureOptimizer`, K-FAC)."""
+        return not issubclass(self.cls, CurvatureOptimizer) and not self.needs_model
 
     @property
     def defaults(self) -> dict:
@@ -156,10 +174,16 @@ class OptimizerEntry:
         :attr:`checks`; ``process_group`` goes to a curvature optimiser only."""
         given = dict(hyperparameters)
         process_group = given.pop("process_group", None)
+        data_size = given.pop("data_size", None)
         with_defaults(given, self.defaults, self.key)
         for name, value in given.items():
             if name in self.checks:
                 self.checks[name](value)
+        if self.needs_model:
+            if process_group is not None:
+                raise ArgumentError("process_group", f"{self.label} is not supported "
+                                                     "data-parallel")
+            return self.cls(params, **given, data_size=data_size)
         if process_group is not None:
             if self.uses_backward:
                 raise ArgumentError("process_group", f"is not taken by {self.key}: a torch.optim "
@@ -185,10 +209,12 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
         OptimizerEntry("sophia_h", pytorch_optimizer.SophiaH, "Sophia-H", HUTCHINSON_CHECKS,
                        create_graph=True, hvps=hutchinson_hvps, guarded=True),
         OptimizerEntry("lbfgs", torch.optim.LBFGS, "L-BFGS", LBFGS_CHECKS, guarded=True),
+        OptimizerEntry("kfac", KFAC, "K-FAC", guarded=True, needs_model=True,
+                       gradients=kfac_gradients),
     )
 }
 """Every optimiser by name: ``"sgd"``, ``"adam"``, ``"series_sfn"``, ``"exact_sfn"``,
-``"newton"``, ``"adahessian"``, ``"sophia_h"``, ``"lbfgs"``."""
+``"newton"``, ``"adahessian"``, ``"sophia_h"``, ``"lbfgs"``, ``"kfac"``."""
 
 
 def get_optimizer(key: str) -> OptimizerEntry:
@@ -206,16 +232,16 @@ def entry_of(optimizer) -> OptimizerEntry | None:
 def step_closure(optimizer, loss: Callable[[], torch.Tensor], after_backward=None):
     """The closure that ``optimizer.step`` takes, from ``loss()`` (which evaluates the loss).
 
-    A :class:`~sfn_teach.optim.CurvatureOptimizer` takes ``loss`` itself: it differentiates
-    the loss (gradient and Hessian-vector products) on its own. Any other optimiser gets a
-    closure that zeroes the gradients, evaluates the loss, calls ``backward`` (with
+    A :class:`~sfn_teach.optim.CurvatureOptimizer` (or K-FAC) takes ``loss`` itself: it
+    differentiates the loss (gradient and Hessian-vector products) on its own. Any other
+    optimiser gets a closure that zeroes the gradients, evaluates the loss, calls ``backward`` (with
     ``create_graph=True`` where its entry says :attr:`~OptimizerEntry.create_graph`) and returns
     ``after_backward(loss)`` (e.g. :class:`sfn_teach.distributed.GradientMean`, which averages
     loss and gradients over the ranks), or the loss, as ``torch.optim`` expects.
     """
-    if isinstance(optimizer, CurvatureOptimizer):
-        return loss
     entry = entry_of(optimizer)
+    if isinstance(optimizer, CurvatureOptimizer) or (entry is not None and entry.needs_model):
+        return loss
     create_graph = entry is not None and entry.create_graph
 
     def loss_and_gradient():

@@ -17,6 +17,7 @@ import pytest
 import pytorch_optimizer
 import torch
 import torch.nn.functional as F
+from asdl import FISHER_MC, KfacGradientMaker, PreconditioningConfig
 from bench_configs import changed, digits_config, without_timing, write_config
 from test_bench import cli, records_on_disk
 
@@ -35,10 +36,11 @@ SETTINGS = {
     "sophia_h": dict(lr=0.05, update_period=3),
     "lbfgs": dict(lr=0.5, max_iter=4),
     "lbfgs_wolfe": dict(lr=1.0, max_iter=4, line_search_fn="strong_wolfe"),
+    "kfac": dict(lr=0.1, momentum=0.9, damping=1e-3, curvature_interval=2),
 }
 KINDS = list(SETTINGS)
 LIBRARY = {"adahessian": pytorch_optimizer.AdaHessian, "sophia_h": pytorch_optimizer.SophiaH,
-           "lbfgs": torch.optim.LBFGS, "lbfgs_wolfe": torch.optim.LBFGS}
+           "lbfgs": torch.optim.LBFGS, "lbfgs_wolfe": torch.optim.LBFGS, "kfac": torch.optim.SGD}
 BATCH, HIDDEN, STEPS = 200, 6, 7
 
 
@@ -58,22 +60,39 @@ def fresh_model(seed=0):
 
 def make_trainer(digits, kind, seed=0, loss_fn=F.cross_entropy):
     model = fresh_model(seed)
-    optimizer = OPTIMIZERS[key(kind)](model.parameters(), **SETTINGS[kind])
+    if kind == "kfac":
+        optimizer = OPTIMIZERS[kind](model, **SETTINGS[kind], data_size=BATCH)
+    else:
+        optimizer = OPTIMIZERS[key(kind)](model.parameters(), **SETTINGS[kind])
     return Trainer(model, optimizer, digits, BATCH, seed, loss_fn=loss_fn)
 
 
 def by_hand(digits, kind, steps):
     """The library's optimiser as its documentation drives it, on the trainer's batches:
     ``loss.backward(create_graph=True); optimizer.step(); optimizer.zero_grad()`` for
-    pytorch-optimizer's Hutchinson optimisers, ``optimizer.step(closure)`` for L-BFGS.
-    Returns the model and the closure evaluations per step."""
+    pytorch-optimizer's Hutchinson optimisers, ``optimizer.step(closure)`` for L-BFGS, ASDL's
+    ``setup_model_call``, ``setup_loss_call``, ``forward_and_backward`` then SGD for K-FAC.
+    Returns the model and the gradients per step."""
     model = fresh_model()
-    optimizer = LIBRARY[kind](model.parameters(), **SETTINGS[kind])
+    settings = dict(SETTINGS[kind])
+    if kind == "kfac":
+        interval = settings.pop("curvature_interval")
+        maker = KfacGradientMaker(model, PreconditioningConfig(
+            data_size=BATCH, damping=settings.pop("damping"), curvature_upd_interval=interval,
+            preconditioner_upd_interval=interval), fisher_type=FISHER_MC)
+    optimizer = LIBRARY[kind](model.parameters(), **settings)
     batches = Batches(digits.train, BATCH, 0)
     evaluations = []
     for step in range(steps):
         x, y = batches[step]
-        if kind in ("adahessian", "sophia_h"):
+        if kind == "kfac":
+            optimizer.zero_grad()
+            dummy_y = maker.setup_model_call(model, x)
+            maker.setup_loss_call(F.cross_entropy, dummy_y, y)
+            maker.forward_and_backward()
+            optimizer.step()
+            evaluations.append(2 if step % interval == 0 else 1)  # + the Fisher's backward
+        elif kind in ("adahessian", "sophia_h"):
             loss = F.cross_entropy(model(x), y)
             loss.backward(create_graph=True)
             optimizer.step()
@@ -102,7 +121,8 @@ def test_the_trainer_equals_the_library_driven_by_hand(digits, kind):
     model, evaluations = by_hand(digits, kind, STEPS)
     for p, q in zip(trainer.model.parameters(), model.parameters()):
         assert torch.equal(p, q)
-    # the work: one gradient per closure evaluation, Hutchinson products by the library's rule
+    # the work: a gradient per closure evaluation (K-FAC: + the Fisher's backward), Hutchinson
+    # products by the library's rule
     assert records[-1]["gradients"] == sum(evaluations)
     expected_hvps = {"adahessian": STEPS, "sophia_h": 3}.get(kind, 0)  # Sophia: steps 1, 4, 7
     assert records[-1]["hvps"] == expected_hvps
@@ -123,6 +143,9 @@ def test_the_registry_says_how_each_is_driven():
     lbfgs = get_optimizer("lbfgs")
     assert not lbfgs.create_graph and lbfgs.hvps is None and lbfgs.guarded
     assert lbfgs.defaults["line_search_fn"] is None and lbfgs.defaults["max_iter"] == 20
+    kfac = get_optimizer("kfac")
+    assert kfac.needs_model and not kfac.uses_backward and kfac.guarded
+    assert "data_size" not in kfac.defaults and kfac.defaults["damping"] == 1e-3
 
 
 def inspect_default(cls, name):
@@ -153,7 +176,8 @@ def test_reproducible_and_resumed_exactly(digits, kind, tmp_path):
 TABLES = [{"name": "AdaHessian", "type": "adahessian", "lr": 0.1},
           {"name": "Sophia-H", "type": "sophia_h", "lr": 0.05, "update_period": 3},
           {"name": "L-BFGS", "type": "lbfgs", "lr": 1.0, "max_iter": 3,
-           "line_search_fn": "strong_wolfe"}]
+           "line_search_fn": "strong_wolfe"},
+          {"name": "K-FAC", "type": "kfac", "lr": 0.1, "curvature_interval": 3}]
 CONFIG = digits_config("baselines", TABLES, hidden=[6], steps=8, batch_size=200, evals=4,
                        checkpoint_every=1, seeds=[0])
 
@@ -170,6 +194,10 @@ BAD = [
     (2, "history_size", 0),
     (2, "max_iter", 1.5),
     (2, "momentum", 0.9),  # not a hyperparameter of L-BFGS
+    (3, "damping", 0.0),
+    (3, "ema_decay", 1.5),
+    (3, "curvature_interval", 0),
+    (3, "data_size", 10),  # set by the builder (the batch size), not by a config
 ]
 
 
@@ -184,7 +212,7 @@ def test_sigkill_then_resume_gives_identical_records(tmp_path):
     reference = tmp_path / "reference"
     run_benchmark(CONFIG, reference, progress=False)
     expected = without_timing(load_benchmark(reference)[1])
-    assert len(expected) == 3 * 5
+    assert len(expected) == 4 * 5
     path = write_config(tmp_path, CONFIG)
     out = tmp_path / "killed"
     for number, kill_at in enumerate(("record:3", "checkpoint-write:2", "record:2")):

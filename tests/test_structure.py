@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sfn_teach"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 MAX_LINES = 500
 
-METHOD = ("series", "hvp", "scale", "update", "optim", "registry", "models", "checks")
+METHOD = ("series", "hvp", "scale", "update", "optim", "kfac", "registry", "models", "checks")
 """The method layer (the module map of sfn_teach/__init__.py): it imports no module of the
 classroom or the experiments."""
 

@@ -161,8 +161,9 @@ class OptimizerSpec:
     hyperparameters: dict
     slug: str  # the name as a directory name: lower case, runs of other characters -> '-'
 
-    def build(self, params, process_group=None):
-        """The optimiser over ``params``.
+    def build(self, model, process_group=None):
+        """The optimiser over ``model``'s parameters (over ``model`` itself, with ``data_size``
+        the batch size, for an entry that ``needs_model``: K-FAC).
 
         ``process_group`` (data parallelism) goes to a curvature optimiser, which averages its
         gradient and products over the ranks itself; a ``torch.optim`` optimiser gets averaged
@@ -171,7 +172,9 @@ class OptimizerSpec:
         entry = OPTIMIZERS[self.type]
         parallel = {} if process_group is None or entry.uses_backward else {
             "process_group": process_group}
-        return entry(params, **self.hyperparameters, **parallel)
+        if entry.needs_model:
+            return entry(model, **self.hyperparameters, **parallel, data_size=self.batch_size)
+        return entry(model.parameters(), **self.hyperparameters, **parallel)
 
 
 @dataclass(frozen=True)
@@ -272,8 +275,13 @@ def channels_last_ignored(config: BenchmarkConfig) -> str | None:
 
 def _check_optimizer(kind, hyperparameters, path):
     """Construct the optimiser once on a dummy parameter: its refusal names the field."""
+    if "data_size" in hyperparameters:
+        raise ConfigError(f"{path}.data_size", "is set by the benchmark (the batch_size)")
     try:
-        OPTIMIZERS[kind]([torch.zeros(1, requires_grad=True)], **hyperparameters)
+        entry = OPTIMIZERS[kind]
+        dummy = (torch.nn.Sequential(torch.nn.Linear(1, 1)) if entry.needs_model
+                 else [torch.zeros(1, requires_grad=True)])
+        entry(dummy, **hyperparameters)
     except ArgumentError as error:
         raise ConfigError.within(path, error, f"invalid for {kind}: ") from None
     except (TypeError, ValueError) as error:  # torch.optim's own checks name no field

@@ -165,7 +165,7 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
     model = build_model(config)
     if process_group is not None:
         model = convert_sync_batchnorm(model)
-    trainer = Trainer(model, spec.build(model.parameters(), process_group), dataset,
+    trainer = Trainer(model, spec.build(model, process_group), dataset,
                       spec.batch_size, seed, cost=config.cost,
                       eval_batch_size=config.eval_batch_size, precision=config.precision,
                       compile=config.compile, warmup_steps=config.warmup_steps,
