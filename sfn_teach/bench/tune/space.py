@@ -62,6 +62,9 @@ DEFAULT_SPACES = {
     "adahessian": {"lr": {"loguniform": [1e-3, 1.0]}, "hessian_power": {"uniform": [0.5, 1.0]}},
     "sophia_h": {"lr": {"loguniform": [1e-4, 1e-1]}, "p": {"loguniform": [1e-3, 1e-1]}},
     "lbfgs": {"lr": {"loguniform": [1e-2, 1.0]}, "history_size": {"choice": [5, 10, 20, 100]}},
+    # K-FAC (Martens & Grosse 2015; ASDL's examples): α and damping λ on log scales, μ ≤ 0.95
+    "kfac": {"lr": {"loguniform": [1e-3, 1.0]}, "damping": {"loguniform": [1e-5, 1e-1]},
+             "momentum": {"uniform": [0.0, 0.95]}},
 }
 """The search space of each optimiser type (the paper's; for AdaHessian, Sophia-H and L-BFGS
 their own papers' and documentation's, see the module docstring), in the config's notation."""
