@@ -14,8 +14,9 @@ ASDL's damping convention exactly: Martens & Grosse's factored Tikhonov damping 
 ``damping``, each shift at least 1e-7. BatchNorm layers are left to the plain gradient
 (``ignore_modules``; ASDL would give them a unit-wise Fisher). ``curvature_interval``: the
 factors and their inverses are recomputed every that many steps (between, the last inverses
-precondition); ``ema_decay`` ``∈ (0, 1]`` keeps a moving average ``F ← (1-ρ) F + ρ F_new`` of
-the factors instead of the last batch's (``None``: the last batch's alone, ASDL's default).
+precondition). ASDL's moving average of the factors (``ema_decay``) is not offered: in
+``asdfghjkl`` 0.1a5 its inversion path calls ``torch.cuda.nvtx`` and fails on a CPU build of
+torch, so the factors are the last curvature batch's (ASDL's default).
 
 **Driving ASDL.** ASDL's documented way is ``gm.setup_model_call(model, x)``,
 ``gm.setup_loss_call(F.cross_entropy, dummy_y, t)``, ``gm.forward_and_backward()``, then the
@@ -33,8 +34,8 @@ Cholesky inverses. The trainer counts it as 2 gradients (:data:`FISHER_GRADIENTS
 closure's). Measured by wall clock on the digits MLP (README, "Other optimisers").
 
 **State.** ASDL keeps the factors on the modules and its own ``state_dict`` holds only a step
-counter; :meth:`KFAC.state_dict` adds every factor and inverse, so a resumed run continues bit
-for bit.
+counter; :meth:`KFAC.state_dict` adds what ASDL keeps of every layer's factors (the damped
+inverses; the factors too where ASDL keeps them), so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -66,12 +67,11 @@ class KFAC(torch.optim.SGD):
         lr, momentum, weight_decay: those of :class:`torch.optim.SGD` (``lr > 0``).
         damping: ``λ > 0`` (ASDL's ``damping``).
         curvature_interval: steps between updates of the factors and inverses (int ``≥ 1``).
-        ema_decay: ``ρ ∈ (0, 1]`` of the factors' moving average, or ``None`` (last batch's).
         data_size: the batch size (examples the loss averages over); required to step.
     """
 
     def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=0.0, damping=1e-3,
-                 curvature_interval=1, ema_decay=None, data_size=None):
+                 curvature_interval=1, data_size=None):
         if not isinstance(model, torch.nn.Module):
             raise ArgumentError("model", f"K-FAC needs the model (a torch.nn.Module), got "
                                          f"{type(model).__name__}")
@@ -80,8 +80,6 @@ class KFAC(torch.optim.SGD):
         real("weight_decay", weight_decay, 0.0)
         real("damping", damping, 0.0, low_open=True)
         integer("curvature_interval", curvature_interval, 1)
-        if ema_decay is not None:
-            real("ema_decay", ema_decay, 0.0, 1.0, low_open=True)
         if data_size is not None:
             integer("data_size", data_size, 1)
         super().__init__(model.parameters(), lr=lr, momentum=momentum,
@@ -89,7 +87,6 @@ class KFAC(torch.optim.SGD):
         self.model, self.data_size = model, data_size
         config = PreconditioningConfig(
             data_size=-1 if data_size is None else data_size, damping=damping,
-            ema_decay=-1 if ema_decay is None else ema_decay,
             curvature_upd_interval=curvature_interval,
             preconditioner_upd_interval=curvature_interval,
             ignore_modules=list(NORMALISATIONS))
@@ -138,7 +135,8 @@ class KFAC(torch.optim.SGD):
         return loss.detach()
 
     def state_dict(self) -> dict:
-        """SGD's state, ASDL's step counter and every layer's Kronecker factors and inverses."""
+        """SGD's state, ASDL's step counter and every layer's Kronecker factors (as ASDL keeps
+        them: the damped inverses ``A_inv``, ``B_inv``)."""
         state = super().state_dict()
         state["kfac"] = {"step": self.maker.state["step"], "factors": {}}
         for name, module in self.layers.items():
