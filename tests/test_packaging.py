@@ -47,7 +47,7 @@ def test_runtime_dependencies_are_the_documented_ones():
     names = {re.split(r"[<>=\[ ;]", r)[0] for r in pyproject()["project"]["dependencies"]}
     assert names == {
         "torch", "numpy", "matplotlib", "ipywidgets", "bqplot", "jupyterlab", "jupytext", "tqdm",
-        "tomli", "pytorch-optimizer",
+        "tomli", "pytorch-optimizer", "asdfghjkl",
     }
 
 
