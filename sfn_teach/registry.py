@@ -142,6 +142,9 @@ class OptimizerEntry:
             parameters; its closure only returns the loss (K-FAC).
         gradients: ``gradients(optimizer)``, the gradients its next ``step`` takes beyond the
             closure's evaluations (``None``: none) — for the trainer's counts.
+        needs_contiguous: its library flattens gradients with ``view(-1)``, which the
+            gradients of channels-last convolution weights refuse, so the model is stored
+            contiguous for it whatever the config asks (L-BFGS, K-FAC).
     """
 
     key: str
@@ -153,6 +156,7 @@ class OptimizerEntry:
     guarded: bool = False
     needs_model: bool = False
     gradients: Callable | None = None
+    needs_contiguous: bool = False
 
     @property
     def uses_backward(self) -> bool:
@@ -208,9 +212,10 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
                        HUTCHINSON_CHECKS, create_graph=True, hvps=hutchinson_hvps, guarded=True),
         OptimizerEntry("sophia_h", pytorch_optimizer.SophiaH, "Sophia-H", HUTCHINSON_CHECKS,
                        create_graph=True, hvps=hutchinson_hvps, guarded=True),
-        OptimizerEntry("lbfgs", torch.optim.LBFGS, "L-BFGS", LBFGS_CHECKS, guarded=True),
+        OptimizerEntry("lbfgs", torch.optim.LBFGS, "L-BFGS", LBFGS_CHECKS, guarded=True,
+                       needs_contiguous=True),
         OptimizerEntry("kfac", KFAC, "K-FAC", guarded=True, needs_model=True,
-                       gradients=kfac_gradients),
+                       gradients=kfac_gradients, needs_contiguous=True),
     )
 }
 """Every optimiser by name: ``"sgd"``, ``"adam"``, ``"series_sfn"``, ``"exact_sfn"``,

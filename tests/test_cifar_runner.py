@@ -8,6 +8,7 @@ with its fallback and the warm-up accounting run here on the CPU; what only a GP
 """
 
 import copy
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ from sfn_teach.bench.__main__ import main
 from sfn_teach.bench.config import (
     build_model,
     channels_last_ignored,
+    model_memory_format,
     read_config,
     validate_config,
 )
@@ -389,6 +391,35 @@ def test_channels_last_is_for_cuda_only_and_a_cpu_run_says_it_ignores_it(data_di
                                                "optimizers": config.raw["optimizers"][2:3]}),
                   tmp_path / "run", log=lines.append, progress=True)
     assert sum("channels_last is ignored" in line for line in lines) == 1
+
+
+def test_lbfgs_and_kfac_get_a_contiguous_model_even_on_cuda(data_dir):
+    """torch.optim.LBFGS and ASDL's K-FAC flatten gradients with view(-1), which the gradient
+    of a channels-last convolution weight refuses (found running the smoke config on a GPU);
+    their registry entries say needs_contiguous and the model stays contiguous for them."""
+    config = dataclasses.replace(smoke(data_dir, **{"model.channels_last": True}),
+                                 device=torch.device("cuda"))  # nothing is allocated there
+    layouts = {spec.type: model_memory_format(config, spec) for spec in config.optimizers}
+    assert layouts["lbfgs"] == layouts["kfac"] == torch.contiguous_format
+    assert layouts["adam"] == layouts["series_sfn"] == layouts["adahessian"] == torch.channels_last
+    note = channels_last_ignored(config)
+    assert "not used for L-BFGS, K-FAC" in note and "view(-1)" in note
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 2, (4,))
+    for key in ("lbfgs", "kfac"):
+        for layout, fails in ((torch.channels_last, True), (torch.contiguous_format, False)):
+            model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(),
+                                        torch.nn.Linear(288, 2)).to(memory_format=layout)
+            entry = OPTIMIZERS[key]
+            optimizer = (entry(model, data_size=4) if entry.needs_model
+                         else entry(model.parameters()))
+            closure = make_closure(optimizer, model, F.cross_entropy, x, y)
+            if fails:
+                with pytest.raises(RuntimeError, match="view size is not compatible"):
+                    optimizer.step(closure)
+            else:
+                optimizer.step(closure)
 
 
 def test_summary_states_the_time_kept_out_of_the_training_time():

@@ -93,7 +93,8 @@ except ModuleNotFoundError:  # Python 3.10: the backport, a dependency there
 __all__ = [
     "DENSE_OPTIMIZERS", "DTYPES", "FAST_DEFAULTS", "LOCATION_FIELDS", "MODELS",
     "PRECISION_DEFAULTS", "TOP_LEVEL", "WARMUP_STEPS", "BenchmarkConfig", "OptimizerSpec",
-    "build_model", "channels_last_ignored", "load_config", "read_config", "validate_config"
+    "build_model", "channels_last_ignored", "load_config", "model_memory_format", "read_config",
+    "validate_config"
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -249,27 +250,45 @@ MODELS = {
 """Model types a config can name: ``type -> (defaults, build(spec, dataset_info))``."""
 
 
-def build_model(config: BenchmarkConfig) -> torch.nn.Module:
-    """The config's model, in its dtype on its device (parameters from the current RNG).
+def build_model(config: BenchmarkConfig, spec: OptimizerSpec | None = None) -> torch.nn.Module:
+    """The config's model, in its dtype on its device (parameters from the current RNG), for
+    the optimiser ``spec``.
 
     With ``channels_last`` on a CUDA device the convolution weights are stored channels-last;
     convolutions then produce channels-last outputs from ordinary (contiguous) input batches, so
-    the data needs no conversion. On a CPU the model stays contiguous
+    the data needs no conversion. On a CPU, and for an optimiser whose registry entry
+    ``needs_contiguous`` (L-BFGS, K-FAC), the model stays contiguous
     (:func:`sfn_teach.device.memory_format`; :func:`channels_last_ignored` says so).
     """
     build = MODELS[config.model["type"]][1]
     model = build(config.model, DATASETS[config.task])
-    layout = memory_format(config.device, bool(config.model.get("channels_last")))
-    return model.to(device=config.device, dtype=config.dtype, memory_format=layout)
+    return model.to(device=config.device, dtype=config.dtype,
+                    memory_format=model_memory_format(config, spec))
+
+
+def model_memory_format(config: BenchmarkConfig, spec: OptimizerSpec | None = None):
+    """How :func:`build_model` stores the model for ``spec``: channels-last if the config asks
+    for it, the device allows it and the optimiser does not need contiguous gradients."""
+    wanted = bool(config.model.get("channels_last"))
+    if spec is not None and OPTIMIZERS[spec.type].needs_contiguous:
+        wanted = False
+    return memory_format(config.device, wanted)
 
 
 def channels_last_ignored(config: BenchmarkConfig) -> str | None:
-    """A note if the config asks for ``channels_last`` on a device where it is not used."""
-    if config.model.get("channels_last") and memory_format(
-            config.device, True) != torch.channels_last:
+    """A note if the config asks for ``channels_last`` where it is not used: on a device other
+    than CUDA, or for the optimisers that need contiguous gradients."""
+    if not config.model.get("channels_last"):
+        return None
+    if memory_format(config.device, True) != torch.channels_last:
         return (f"model.channels_last is ignored on {config.device.type}: models are stored "
                 "channels-last on CUDA only (on a CPU, oneDNN's AVX2 kernels crash in its "
                 "convolution gradients)")
+    contiguous = [spec.name for spec in config.optimizers
+                  if OPTIMIZERS[spec.type].needs_contiguous]
+    if contiguous:
+        return (f"model.channels_last is not used for {', '.join(contiguous)}: their libraries "
+                "flatten gradients with view(-1), which channels-last weights' gradients refuse")
     return None
 
 

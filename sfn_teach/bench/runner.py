@@ -162,7 +162,7 @@ def run_one(config: BenchmarkConfig, spec, seed, dataset, run_dir, *, resume=Fal
     records_path, checkpoint_path = run_dir / RECORDS_FILE, run_dir / CHECKPOINT_FILE
     configure_backends(config.device)
     seed_everything(seed)
-    model = build_model(config)
+    model = build_model(config, spec)
     if process_group is not None:
         model = convert_sync_batchnorm(model)
     trainer = Trainer(model, spec.build(model, process_group), dataset,
