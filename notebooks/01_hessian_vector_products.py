@@ -55,7 +55,7 @@ import torch
 from sfn_teach import exercises, plots, toys
 from sfn_teach.hvp import ModelHVP, hvp
 from sfn_teach.models import MLP
-from sfn_teach.widget_parts import PanelBox
+from sfn_teach.widget_parts import PanelBox, one_at_a_time
 
 # %matplotlib inline
 plt.rcParams["figure.constrained_layout.use"] = True  # labels and legends never overlap
@@ -108,6 +108,7 @@ hessian_readout = widgets.HTML()
 hessian_figure = widgets.Image(format="png")
 
 
+@one_at_a_time  # JupyterLab may run two sliders' callbacks in two threads: take turns
 def show_hessian(_change=None):
     """Redraw the eigen-directions of Himmelblau's Hessian at the sliders' (x, y); show h₁, h₂."""
     x, y = x_slider.value, y_slider.value

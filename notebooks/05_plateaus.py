@@ -67,6 +67,7 @@ from IPython.display import Markdown, display
 from sfn_teach import plateaus
 from sfn_teach.optim import ExactSFN, Newton, SeriesSFN
 from sfn_teach.train import CostModel
+from sfn_teach.widget_parts import one_at_a_time
 
 # %matplotlib inline
 print(sfn_teach.cpu.status())
@@ -347,6 +348,7 @@ plateau_readout = widgets.HTML()
 plateau_figure = widgets.Image(format="png")
 
 
+@one_at_a_time  # JupyterLab may run two sliders' callbacks in two threads: take turns
 def show_plateau(_change=None):
     """GD and momentum on the deep linear task at the sliders' depth and a₀."""
     depth, scale = depth_slider.value, scale_slider.value

@@ -3,20 +3,46 @@ of matplotlib figures, and a box that leaves a static image of its figure in the
 
 Used by :mod:`sfn_teach.widgets` (the explorers), :mod:`sfn_teach.benchmark_panel` and the
 notebooks' own small panels, so that every panel looks and fails alike.
+
+**Callbacks take turns** (:func:`one_at_a_time`). JupyterLab (4.4 and later) can deliver each
+widget's messages on a kernel *subshell* of its own, and every subshell runs in its own thread:
+the callbacks of two sliders can then run at the same time. Neither matplotlib nor torch.func
+(whose forward-mode levels are global to the process: two Hessians computed at once failed with
+"Trying to access a forward AD level with an invalid index") is safe for that, so every panel's
+callback holds one lock.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
+import threading
 
 import ipywidgets as widgets
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+
+CALLBACK_LOCK = threading.RLock()
+"""Held by every callback wrapped in :func:`one_at_a_time` (re-entrant: a callback that sets
+another control's value runs that control's callback in the same thread)."""
+
+
+def one_at_a_time(callback):
+    """``callback`` holding :data:`CALLBACK_LOCK`: widget callbacks that JupyterLab delivers on
+    different threads run one after the other, never at the same time."""
+
+    @functools.wraps(callback)
+    def serialized(*args, **kwargs):
+        with CALLBACK_LOCK:
+            return callback(*args, **kwargs)
+
+    return serialized
+
 
 #: style of a control whose change starts work (a training run): the value is sent on release
 SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
@@ -116,14 +142,17 @@ class DampingControl:
         """The damping ``λ`` in force (whatever was typed, possibly invalid)."""
         return self.text.value
 
+    @one_at_a_time
     def _from_slider(self, change):
         if not self._syncing:
             self.text.value = change["new"]
 
+    @one_at_a_time
     def _from_zero(self, change):
         if not self._syncing:
             self.text.value = 0.0 if change["new"] else self.slider.value
 
+    @one_at_a_time
     def _show(self, value: float):
         """Make the box and the slider show ``value`` (a refused value leaves them as they are)."""
         if not (math.isfinite(value) and value >= 0):

@@ -70,6 +70,7 @@ from .widget_parts import (
     check_order,
     error_html,
     figure_png,
+    one_at_a_time,
     warning_html,
 )
 
@@ -132,6 +133,7 @@ class _Panel:
             self._held = False
         self.update()
 
+    @one_at_a_time
     def update(self):
         """Recompute and redraw; any error becomes a message and the last figure stays."""
         if self._held:

@@ -330,3 +330,45 @@ def test_panels_draw_without_warnings_where_the_notebooks_turn_on_constrained_la
         panel = SaddleExplorer("himmelblau", optimizers=("gd",), steps=3)
         panel.problem.value = "paper"
         assert panel.static_png().startswith(PNG_SIGNATURE)
+
+
+def test_callbacks_from_two_threads_take_turns():
+    """JupyterLab may deliver two controls' messages on two kernel subshells, i.e. two threads.
+    torch.func's forward-mode levels are global: two Hessians at once fail ("no level exists" /
+    "invalid index"). Callbacks wrapped in one_at_a_time, the explorers' update among them,
+    never overlap, and the explorer shows no error however the threads interleave."""
+    import threading
+    import time
+
+    from sfn_teach.landscapes import hessian
+    from sfn_teach.widget_parts import one_at_a_time
+
+    inside, overlaps, errors = [0], [], []
+
+    @one_at_a_time
+    def callback(i):
+        inside[0] += 1
+        overlaps.append(inside[0] > 1)
+        hessian("himmelblau", (0.01 * i, 1.0))
+        time.sleep(0.0005)
+        inside[0] -= 1
+
+    explorer = SaddleExplorer(problem="himmelblau", steps=20)
+    explorer.message.observe(lambda change: "Error" in change["new"]
+                             and errors.append(change["new"]), names="value")
+
+    def work(offset):
+        try:
+            for i in range(60):
+                callback(i)
+                if i % 6 == 0:
+                    explorer.start_x.value = -1.0 + 0.05 * i + offset
+        except Exception as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=work, args=(offset,)) for offset in (0.0, 0.01)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not any(overlaps) and not errors, errors[:3]
