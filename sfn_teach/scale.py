@@ -107,7 +107,8 @@ def choose_scale(operator, state, hp) -> tuple[torch.Tensor | None, int]:
 
 def grown_scale(scale: float, largest_ritz_value: float, safety: float) -> float:
     """The ``V`` to sum a diverging series again with: ``κ²`` times the largest Ritz value of
-    ``H²`` seen so far, and at least ``2V``."""
+    ``H²`` that the diverging try gave, and at least ``2V`` (its terms grew, so some
+    ``h² > 2V``)."""
     return max(2.0 * scale, safety**2 * largest_ritz_value)
 
 

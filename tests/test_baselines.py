@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from asdl import FISHER_MC, KfacGradientMaker, PreconditioningConfig
 from bench_configs import changed, digits_config, without_timing, write_config
 from test_bench import cli, records_on_disk
+from test_train import stopped_and_resumed
 
 from sfn_teach.bench import ConfigError, load_benchmark, run_benchmark, validate_config
-from sfn_teach.checkpoint import load_checkpoint, save_checkpoint
+from sfn_teach.checkpoint import load_checkpoint
 from sfn_teach.checks import ArgumentError
 from sfn_teach.data import Batches, load_digits
 from sfn_teach.models import MLP
@@ -160,14 +161,9 @@ def test_reproducible_and_resumed_exactly(digits, kind, tmp_path):
     assert without_timing(make_trainer(digits, kind).run(6, eval_every=2, progress=False)) \
         == without_timing(expected)
 
-    first = make_trainer(digits, kind)
-    records = first.run(4, eval_every=2, progress=False)
-    save_checkpoint(first.state_dict(), tmp_path / "state.pt")  # weights_only-loadable
-    torch.rand(5)  # disturb the global generators (Hutchinson's probes come from them)
-    resumed = make_trainer(digits, kind, seed=0)
-    resumed.model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
-    resumed.load_state_dict(load_checkpoint(tmp_path / "state.pt"))
-    records += resumed.run(6, eval_every=2, progress=False)
+    # the global generators are disturbed before the restore: Hutchinson's probes come from them
+    records, _, resumed = stopped_and_resumed(lambda: make_trainer(digits, kind), 4, 6,
+                                              tmp_path / "state.pt")
     assert without_timing(records) == without_timing(expected)
     for p, q in zip(resumed.model.parameters(), reference.model.parameters()):
         assert torch.equal(p, q)

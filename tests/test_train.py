@@ -150,19 +150,29 @@ def test_bit_for_bit_reproducible(digits, kind):
     assert without_wall_clock(other) != without_wall_clock(a)
 
 
+def stopped_and_resumed(make, stop: int, end: int, path):
+    """A trainer from ``make()`` run to ``stop`` steps (a record every 2) and checkpointed to
+    ``path``; the global generators disturbed; a fresh trainer with reset weights restored from
+    the checkpoint and run to ``end``. Returns the records of both, the first and the resumed
+    trainer."""
+    first = make()
+    records = first.run(stop, eval_every=2, progress=False)
+    save_checkpoint(first.state_dict(), path)  # weights_only-loadable
+    torch.rand(5)  # disturb the global generators before restoring them
+    resumed = make()
+    resumed.model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    resumed.load_state_dict(load_checkpoint(path))
+    records += resumed.run(end, eval_every=2, progress=False)
+    return records, first, resumed
+
+
 @pytest.mark.parametrize("kind", ["sgd", "adam", "series_sfn"])
 def test_state_dict_resumes_exactly(digits, kind, tmp_path):
     reference = make_trainer(digits, kind)
     expected = reference.run(9, eval_every=2, progress=False)
 
-    first = make_trainer(digits, kind)
-    records = first.run(4, eval_every=2, progress=False)
-    save_checkpoint(first.state_dict(), tmp_path / "state.pt")
-    torch.rand(5)  # disturb the global generators before restoring them
-    resumed = make_trainer(digits, kind, seed=0)
-    resumed.model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
-    resumed.load_state_dict(load_checkpoint(tmp_path / "state.pt"))
-    records += resumed.run(9, eval_every=2, progress=False)
+    records, first, resumed = stopped_and_resumed(lambda: make_trainer(digits, kind), 4, 9,
+                                                  tmp_path / "state.pt")
     assert without_wall_clock(records) == without_wall_clock(expected)
     for p, q in zip(resumed.model.parameters(), reference.model.parameters()):
         assert torch.equal(p, q)
