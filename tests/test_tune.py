@@ -22,11 +22,14 @@ from ray.tune.schedulers import ASHAScheduler
 from sfn_teach.bench import ConfigError, validate_config
 from sfn_teach.bench.__main__ import main
 from sfn_teach.bench.tune import (
+    ARCHIVE_FILE,
     ClusterError,
     RayNotInstalledError,
     check_reachable,
     check_resources,
     import_ray_tune,
+    load_tuning,
+    load_tuning_archive,
     tune_settings,
     tuned_raw,
 )
@@ -351,4 +354,16 @@ def test_local_tuning_stops_trials_early_resumes_and_reruns_the_best(tmp_path):
     assert "Each run trained for at most 2 s of training time, the trials' budget" in report
     assert (out / "asha.png").stat().st_size > 0 and (out / "best" / "summary.md").exists()
     assert not (home / "ray_results").exists()  # Ray's storage is the output folder
+
+    # the archive: one small file that reads back as the directory does, without Ray
+    archive = out / ARCHIVE_FILE
+    assert archive.stat().st_size < sum(p.stat().st_size for p in out.rglob("records.jsonl"))
+    kept, full = load_tuning_archive(archive), load_tuning(out)
+    assert kept.table == full.table and kept.rerun.table == full.rerun.table
+    assert kept.best == full.best and kept.settings == full.settings
+    for stored, read in zip(kept.trials, full.trials):
+        assert [r["step"] for r in stored["records"]] == [r["step"] for r in read["records"]]
+        assert stored["records"][-1]["val_loss"] == pytest.approx(read["records"][-1]["val_loss"],
+                                                                  rel=1e-4)
+    assert len(kept.rerun.records) == len(full.rerun.records)
     assert time.perf_counter() - start < 180

@@ -34,10 +34,17 @@ re-run is reproducible step for step.
 **Modules.** :mod:`.space` (the search spaces, a trial's config), :mod:`.settings` (the
 ``[tune]`` table), :mod:`.backend` (Ray Tune: where it runs, one trial, one optimiser's
 experiment), :mod:`.orchestrator` (:func:`tune_benchmark`: the whole protocol and the output
-directory), :mod:`.report` (:func:`load_tuning`, the table, :func:`plot_asha`). Every public
+directory), :mod:`.report` (:func:`load_tuning`, the table, :func:`plot_asha`), :mod:`.archive`
+(the results in one small file, ``tuning.json``, read back without Ray). Every public
 name of them can be imported from here.
 """
 
+from .archive import (
+    ARCHIVE_FILE,
+    KEPT_FIELDS,
+    load_tuning_archive,
+    write_tuning_archive,
+)
 from .backend import (
     INSTALL,
     TRIAL_ENDS,
@@ -64,10 +71,11 @@ from .space import (
 )
 
 __all__ = [
-    "ADAM_BETAS", "DEFAULT_SPACES", "FAST_SETTINGS", "IMAGE_BATCH_SIZES", "INSTALL",
-    "LAMBDA_SPACE", "SETTINGS", "TRIAL_ENDS", "UNADAPTIVE_SPACE", "ClusterError", "Distribution",
-    "RayNotInstalledError", "TuneResult", "TuneSettings", "check_reachable", "check_resources",
-    "default_space", "format_tuning_table", "import_ray_tune", "load_tuning", "parse_distribution",
-    "plot_asha", "ray_address", "tune_benchmark", "tune_settings", "tuned_raw",
+    "ADAM_BETAS", "ARCHIVE_FILE", "DEFAULT_SPACES", "FAST_SETTINGS", "IMAGE_BATCH_SIZES",
+    "INSTALL", "KEPT_FIELDS", "LAMBDA_SPACE", "SETTINGS", "TRIAL_ENDS", "UNADAPTIVE_SPACE",
+    "ClusterError", "Distribution", "RayNotInstalledError", "TuneResult", "TuneSettings",
+    "check_reachable", "check_resources", "default_space", "format_tuning_table",
+    "import_ray_tune", "load_tuning", "load_tuning_archive", "parse_distribution", "plot_asha",
+    "ray_address", "tune_benchmark", "tune_settings", "tuned_raw", "write_tuning_archive",
     "write_tuning_report",
 ]

@@ -13,6 +13,7 @@ and writes the report (:mod:`.report`).
     out/trials.json, out/best.json         every trial (parameters, how it ended), the bests
     out/best/                              the re-runs: a benchmark run directory
     out/tune.md, out/asha.png              the budget, the bests, the re-runs' table; the rungs
+    out/tuning.json                        all a reader needs, in one small file (:mod:`.archive`)
 
 **Resume.** An interrupted tuning (Ctrl-C, exit status 130) continues with ``--resume``
 (``resume=True``): each optimiser's experiment is restored with ``Tuner.restore``, which keeps
@@ -31,6 +32,7 @@ import torch
 
 from ..rundir import prepare_run_dir
 from ..runner import as_config, fast_from_environment, run_benchmark
+from .archive import ARCHIVE_FILE, write_tuning_archive
 from .backend import (
     TRIAL_ENDS,
     check_reachable,
@@ -139,5 +141,7 @@ def tune_benchmark(config, out_dir, *, fast=None, resume=False, address=None, pr
                       log=log)
     result = load_tuning(out_dir)
     write_tuning_report(result)
-    log(f"report: {out_dir / 'tune.md'} and {out_dir / 'asha.png'}")
+    write_tuning_archive(result)
+    log(f"report: {out_dir / 'tune.md'} and {out_dir / 'asha.png'}; the results in one small "
+        f"file: {out_dir / ARCHIVE_FILE}")
     return result
