@@ -361,9 +361,9 @@ def test_local_tuning_stops_trials_early_resumes_and_reruns_the_best(tmp_path):
     kept, full = load_tuning_archive(archive), load_tuning(out)
     assert kept.table == full.table and kept.rerun.table == full.rerun.table
     assert kept.best == full.best and kept.settings == full.settings
-    for stored, read in zip(kept.trials, full.trials):
-        assert [r["step"] for r in stored["records"]] == [r["step"] for r in read["records"]]
+    for stored, read in zip(kept.trials, full.trials):  # thinned, the last record kept
+        assert {r["step"] for r in stored["records"]} <= {r["step"] for r in read["records"]}
         assert stored["records"][-1]["val_loss"] == pytest.approx(read["records"][-1]["val_loss"],
                                                                   rel=1e-4)
-    assert len(kept.rerun.records) == len(full.rerun.records)
+    assert {r["run_id"] for r in kept.rerun.records} == {r["run_id"] for r in full.rerun.records}
     assert time.perf_counter() - start < 180

@@ -6,9 +6,9 @@ time (the ASHA figure), the bests and the re-runs' curves (the table and the fig
 steps, wall-clock and gradient-equivalents) — fits in a few hundred kilobytes of JSON.
 :func:`write_tuning_archive` writes it as ``tuning.json`` next to ``tune.md``;
 :func:`load_tuning_archive` reads it back as the :class:`~.report.TuneResult` that
-:func:`~.report.load_tuning` gives for the directory, with the records cut to what is drawn
-and tabulated and their numbers to :data:`SIGNIFICANT_DIGITS` significant digits (the tables
-agree to the digits they print).
+:func:`~.report.load_tuning` gives for the directory, with the records thinned and cut to what
+is drawn and their numbers to :data:`SIGNIFICANT_DIGITS` significant digits; the tables are those
+of the full records.
 
 Notebook 04 reads ``benchmarks/results/digits_tune.json`` this way: the tuning takes minutes,
 the notebook seconds.
@@ -21,18 +21,20 @@ from pathlib import Path
 
 from ...files import atomic_write
 from ..config import validate_config
-from ..report import summarise
 from ..rundir import read_run_config
 from ..runner import BenchmarkResult
 from .report import TuneResult
 from .settings import tune_settings
 
-__all__ = ["ARCHIVE_FILE", "ARCHIVE_FORMAT", "KEPT_FIELDS", "SIGNIFICANT_DIGITS",
+__all__ = ["ARCHIVE_FILE", "ARCHIVE_FORMAT", "KEPT_FIELDS", "POINTS_PER_RUN",
+           "SIGNIFICANT_DIGITS",
            "load_tuning_archive", "write_tuning_archive"]
 
 ARCHIVE_FILE = "tuning.json"
 ARCHIVE_FORMAT = 1
 SIGNIFICANT_DIGITS = 5
+#: at most this many records of a run are kept for its curves (evenly spaced, the last always)
+POINTS_PER_RUN = 40
 
 #: the fields of a re-run's record that the tables and figures read (the others are left out)
 KEPT_FIELDS = (
@@ -54,6 +56,22 @@ def _table(records: list, fields) -> dict:
                                        for record in records]}
 
 
+def _thinned(records: list) -> list:
+    """Every ``k``-th record of one run, and its last, so that at most about
+    :data:`POINTS_PER_RUN` remain."""
+    stride = -(-len(records) // POINTS_PER_RUN)
+    kept = records[::stride]
+    return kept + records[-1:] if records and kept[-1] is not records[-1] else kept
+
+
+def _runs_thinned(records: list) -> list:
+    """:func:`_thinned` applied to each run (``run_id``) of a re-run's records, in order."""
+    runs = {}
+    for record in records:
+        runs.setdefault(record["run_id"], []).append(record)
+    return [kept for run in runs.values() for kept in _thinned(run)]
+
+
 def _records(table: dict) -> list:
     """The records of a :func:`_table`."""
     return [dict(zip(table["fields"], row)) for row in table["rows"]]
@@ -64,8 +82,9 @@ def write_tuning_archive(result: TuneResult) -> Path:
 
     It holds the tuned config as stored (with the machine), ``best.json``, every trial (its
     parameters, how it ended, its loss against step and training time, what the ASHA figure
-    draws) and, if there were re-runs, their stored config and records cut to
-    :data:`KEPT_FIELDS`.
+    draws) and, if there were re-runs, their stored config, their summary (from every record)
+    and their records cut to :data:`KEPT_FIELDS`; the records of every run thinned to about
+    :data:`POINTS_PER_RUN`.
     """
     out_dir = Path(result.out_dir)
     trial_fields = ("step", "wall_clock", result.settings.metric)
@@ -74,11 +93,12 @@ def write_tuning_archive(result: TuneResult) -> Path:
         "run_config": read_run_config(out_dir),
         "best": result.best,
         "trials": [{**trial, "metric": _short(trial["metric"]),
-                    "records": _table(trial["records"], trial_fields)}
+                    "records": _table(_thinned(trial["records"]), trial_fields)}
                    for trial in result.trials],
         "rerun": None if result.rerun is None else {
             "run_config": read_run_config(result.rerun.out_dir),
-            "records": _table(result.rerun.records, KEPT_FIELDS),
+            "summary": result.rerun.summary,
+            "records": _table(_runs_thinned(result.rerun.records), KEPT_FIELDS),
         },
     }
     path = out_dir / ARCHIVE_FILE
@@ -89,7 +109,8 @@ def write_tuning_archive(result: TuneResult) -> Path:
 
 def load_tuning_archive(path) -> TuneResult:
     """The :class:`~.report.TuneResult` stored by :func:`write_tuning_archive` at ``path``
-    (``out_dir`` is ``path``; the re-runs' summary is recomputed from their records)."""
+    (``out_dir`` is ``path``; records thinned to :data:`POINTS_PER_RUN` a run, the re-runs'
+    summary as computed from all their records)."""
     path = Path(path)
     archive = json.loads(path.read_text())
     if archive.get("format") != ARCHIVE_FORMAT:
@@ -102,9 +123,8 @@ def load_tuning_archive(path) -> TuneResult:
         rerun_config = validate_config(rerun_stored["config"], rerun_stored["name"])
         if rerun_stored["fast"]:
             rerun_config = rerun_config.fast_version()
-        records = _records(archive["rerun"]["records"])
-        rerun = BenchmarkResult(path, rerun_config, records, summarise(
-            records, rerun_config.target_loss, rerun_config.target_split))
+        rerun = BenchmarkResult(path, rerun_config, _records(archive["rerun"]["records"]),
+                                archive["rerun"]["summary"])
     trials = [{**trial, "records": _records(trial["records"])} for trial in archive["trials"]]
     return TuneResult(path, config, tune_settings(config, stored["fast"]), trials,
                       archive["best"], rerun)
