@@ -70,6 +70,7 @@ from .tune import (
     RayNotInstalledError,
     TuneResult,
     load_tuning,
+    load_tuning_archive,
     plot_asha,
     tune_benchmark,
     tune_settings,
@@ -78,8 +79,8 @@ from .tune import (
 __all__ = [
     "DTYPES", "MODELS", "BenchmarkConfig", "BenchmarkResult", "ConfigError", "OptimizerSpec",
     "RayNotInstalledError", "RunDirectoryError", "TuneResult", "apply_overrides", "build_model",
-    "format_table", "load_benchmark", "load_config", "load_dataset", "load_tuning", "plot_asha",
-    "plot_curvature", "plot_curves", "plot_optimizer_stats", "read_config", "read_records",
-    "report_benchmark", "run_benchmark", "run_id", "run_one", "summarise", "tune_benchmark",
-    "tune_settings", "validate_config", "write_report",
+    "format_table", "load_benchmark", "load_config", "load_dataset", "load_tuning",
+    "load_tuning_archive", "plot_asha", "plot_curvature", "plot_curves", "plot_optimizer_stats",
+    "read_config", "read_records", "report_benchmark", "run_benchmark", "run_id", "run_one",
+    "summarise", "tune_benchmark", "tune_settings", "validate_config", "write_report",
 ]

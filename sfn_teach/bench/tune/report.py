@@ -24,7 +24,11 @@ from ..runner import BenchmarkResult, load_benchmark
 from .backend import TRIAL_ENDS
 from .settings import TuneSettings, tune_settings
 
-__all__ = ["TuneResult", "format_tuning_table", "load_tuning", "plot_asha", "write_tuning_report"]
+__all__ = ["PANELS_PER_ROW", "TuneResult", "format_tuning_table", "load_tuning", "plot_asha",
+           "write_tuning_report"]
+
+#: the ASHA figure's panels per row
+PANELS_PER_ROW = 4
 
 
 @dataclass(frozen=True)
@@ -87,14 +91,19 @@ def plot_asha(result: TuneResult) -> Figure:
 
     Trials that ASHA stopped early end in a grey ×, the others in a dot; the best trial is
     drawn thick; dashed lines are the rungs, the solid line the time budget. The title counts
-    how the trials ended (diverged trials have no finite loss to draw).
+    how the trials ended (diverged trials have no finite loss to draw). At most
+    :data:`PANELS_PER_ROW` panels a row.
     """
     from matplotlib.lines import Line2D
 
     settings = result.settings
     names = list(dict.fromkeys(t["optimizer"] for t in result.trials))
-    figure = Figure(figsize=(4.6 * len(names), 3.6), layout="constrained")
-    axes = figure.subplots(1, len(names), squeeze=False)[0]
+    columns = min(len(names), PANELS_PER_ROW)
+    rows = -(-len(names) // columns)
+    figure = Figure(figsize=(4.6 * columns, 3.6 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
     for index, (ax, name) in enumerate(zip(axes, names)):
         own = [t for t in result.trials if t["optimizer"] == name]
         best_id = result.best.get(name, {}).get("trial_id")
