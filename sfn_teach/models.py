@@ -4,9 +4,10 @@ The MLP is small enough (1,810 parameters by default) that its exact Hessian can
 and compared with the matrix-free products; ResNet-18 is the paper's large-scale network.
 """
 
+import torch
 from torch import nn
 
-from .checks import ArgumentError, choice, integer
+from .checks import ArgumentError, choice, integer, real
 
 __all__ = ["ACTIVATIONS", "MLP", "BasicBlock", "count_parameters", "resnet18_cifar"]
 
@@ -26,19 +27,30 @@ class MLP(nn.Module):
     (not after the last, so the output is logits). An input of shape ``(N, …)`` is flattened to
     ``(N, n_0)``. The default ``(64, 24, 10)`` has ``64·24 + 24 + 24·10 + 10 = 1,810``
     parameters, for the 8×8 digits, where the exact Hessian is still cheap.
+
+    ``init_scale = a₀`` multiplies every parameter of PyTorch's default initialisation
+    (``W, b ~ U(−1/√n_in, 1/√n_in)``) by ``a₀``, so that ``θ₀ = a₀ θ_default``: with ``a₀ ≪ 1``
+    and two hidden layers or more the network starts next to the saddle ``θ = 0`` and sits
+    on a plateau (notebook 05, :mod:`sfn_teach.plateaus`). The default ``a₀ = 1`` leaves the
+    initialisation untouched.
     """
 
-    def __init__(self, sizes=(64, 24, 10), activation="tanh"):
+    def __init__(self, sizes=(64, 24, 10), activation="tanh", init_scale=1.0):
         super().__init__()
         sizes = tuple(sizes)
         if len(sizes) < 2 or not all(type(size) is int and size >= 1 for size in sizes):
             raise ArgumentError("sizes", "must be a sequence of at least 2 positive ints (input, "
                                 f"..., output), got {sizes!r}")
         choice("activation", activation, ACTIVATIONS)
+        init_scale = real("init_scale", init_scale, 0.0, low_open=True)
         layers = [nn.Flatten()]
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
         self.layers = nn.Sequential(*layers[:-1])
+        if init_scale != 1.0:
+            with torch.no_grad():
+                for parameter in self.parameters():
+                    parameter.mul_(init_scale)
 
     def forward(self, x):
         return self.layers(x)

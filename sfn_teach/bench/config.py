@@ -18,7 +18,8 @@ optimiser once on a dummy parameter, so the rules are the optimiser's own. Schem
                                  # validation_fraction = 0.1, split_seed = 0, dir, url,
                                  # download = true, generated = false, num_train, num_test;
                                  # cifar10_synthetic: the same but the file options
-    [model]                      # type "mlp": hidden = [24], activation = "tanh" (defaults);
+    [model]                      # type "mlp": hidden = [24], activation = "tanh",
+                                 # init_scale = 1.0 (defaults; sfn_teach.models.MLP);
                                  # type "resnet18": width = 64, channels_last = false
                                  # (channels_last is used on CUDA only, see
                                  # sfn_teach.device.memory_format)
@@ -231,7 +232,7 @@ class BenchmarkConfig:
 def _mlp(spec, info):
     """The MLP ``n_in → hidden… → num_classes`` of a ``[model]`` table with type "mlp"."""
     sizes = (math.prod(info.input_shape), *spec["hidden"], info.num_classes)
-    return MLP(sizes, activation=spec["activation"])
+    return MLP(sizes, activation=spec["activation"], init_scale=spec["init_scale"])
 
 
 def _resnet18(spec, info):
@@ -244,7 +245,7 @@ def _resnet18(spec, info):
 
 
 MODELS = {
-    "mlp": ({"hidden": [24], "activation": "tanh"}, _mlp),
+    "mlp": ({"hidden": [24], "activation": "tanh", "init_scale": 1.0}, _mlp),
     "resnet18": ({"width": 64, "channels_last": False}, _resnet18),
 }
 """Model types a config can name: ``type -> (defaults, build(spec, dataset_info))``."""
