@@ -38,8 +38,9 @@ from .checks import choice, integer, real
 
 __all__ = [
     "BATCHNORM_POLICIES", "DENSE_MAX_DIM", "HVP_BACKENDS", "MODEL_BACKENDS", "PARAMS_BACKENDS",
-    "CurvatureOperator", "ModelHVP", "ParamsHVP", "PowerIterationResult", "batchnorm_policy",
-    "dense_hessian", "flatten", "hvp", "power_iteration", "unflatten"
+    "CurvatureOperator", "ModelHVP", "ParamsHVP", "PowerIterationResult", "Workspace",
+    "all_finite", "batchnorm_policy", "dense_hessian", "flatten", "hvp", "power_iteration",
+    "unflatten"
 ]
 
 HVP_BACKENDS = ("forward-over-reverse", "double-backward")
@@ -98,6 +99,40 @@ def unflatten(flat, like):
         shape = tuple(flat.shape) if isinstance(flat, torch.Tensor) else type(flat).__name__
         raise ValueError(f"flat must be a 1-D tensor of length {sum(sizes)}, got {shape}")
     return [piece.view(t.shape) for piece, t in zip(torch.split(flat, sizes), like)]
+
+
+def all_finite(tensor):
+    """Whether every entry of ``tensor`` is finite, from one read of it: a sum with a NaN or
+    infinite term is not finite, so a finite ``Σ x_i`` proves every ``x_i`` finite; only a sum
+    that is not (a non-finite entry, or an overflow) asks the entrywise ``isfinite`` (four
+    passes over the tensor and two temporaries)."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+class Workspace:
+    """Flat vectors that are allocated once and reused from call to call.
+
+    The series, its ε-table and the update are a few dozen vector operations per step. Each that
+    allocates its result pays, on the CPU, a page fault per 4 KiB the first time the memory is
+    touched (the allocator hands vectors of a megabyte and more back to the system when they are
+    freed): several times the arithmetic. A workspace keeps each named group of vectors and
+    hands the same tensors out again while length, dtype and device stay the same. An optimiser
+    keeps one (not thread-safe); what one call wrote, the next call with the same name overwrites.
+    """
+
+    def __init__(self):
+        self._groups = {}
+
+    def vectors(self, name, count, like, dtype=None):
+        """``count`` flat tensors of ``like.numel()`` entries on ``like``'s device, of ``dtype``
+        (default ``like``'s): the same tensors as the last call with this ``name`` if length,
+        dtype and device agree and there are enough, else new ones (contents undefined)."""
+        key = (like.numel(), like.dtype if dtype is None else dtype, like.device)
+        found = self._groups.get(name)
+        if found is None or found[0] != key or len(found[1]) < count:
+            found = key, [torch.empty(key[0], dtype=key[1], device=key[2]) for _ in range(count)]
+            self._groups[name] = found
+        return found[1][:count]
 
 
 def hvp(f, x, v, backend="forward-over-reverse"):

@@ -208,6 +208,7 @@ class SeriesSFN(CurvatureOptimizer):
                 operator.matvec, operator.grad, hp["num_terms"], state["scale"],
                 state["damping"], hp["acceleration_order"], hp["sablonniere"], hp["kind"],
                 square_of_grad=square_of_grad, stop_if_diverging=may_retry,
+                workspace=self._workspace,
             )
             if not (result.diverging and may_retry):
                 break

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .checks import choice, integer, real
+from .hvp import Workspace, all_finite
 
 __all__ = [
     "GROWTH_TOLERANCE", "KINDS", "MAX_RITZ_DIMENSION", "SeriesResult", "exact_sfn_direction",
@@ -157,11 +158,6 @@ def filter_target(h: torch.Tensor, damping: float = 0.0, kind: str = "damped") -
 # --------------------------------------------------------------------------------------------
 
 
-def _samelson_inverse(w: torch.Tensor) -> torch.Tensor:
-    """The Samelson inverse of a vector, ``w⁻¹ = w / (wᵀw)``."""
-    return w / torch.dot(w, w)
-
-
 def wynn_epsilon(
     partial_sums: Sequence[torch.Tensor], order: int, sablonniere: bool = False
 ) -> torch.Tensor:
@@ -175,29 +171,50 @@ def wynn_epsilon(
     with the Samelson inverse ``w⁻¹ = w/(wᵀw)``; the result is ``ε_{2r}^{(0)}``. ``σ_s = 1``
     is the plain algorithm (as in the published runs); ``sablonniere=True`` uses
     ``σ_s = ⌊s/2⌋ + 1``, Sablonnière's modification for logarithmically convergent sequences.
-    Order 0 returns the last partial sum. For a sequence ``S + a qⁿ`` order 1 is exact.
+    Order 0 returns (a copy of) the last partial sum. For a sequence ``S + a qⁿ`` order 1 is
+    exact. The inputs are not modified.
 
     The result is not finite when two neighbouring entries of a column coincide (the
     sequence has already converged); :func:`sfn_series` then falls back to the plain sum.
     """
+    order = _check_epsilon_table(len(partial_sums), order, sablonniere)
+    column = [s.clone() for s in partial_sums[len(partial_sums) - (2 * order + 1) :]]
+    return _epsilon_table(column, order, sablonniere, Workspace())
+
+
+def _check_epsilon_table(num_sums, order, sablonniere):
+    """Validate the arguments of the ε-algorithm; returns ``order``."""
     order = integer("order", order, 0)
     if not isinstance(sablonniere, bool):
         raise TypeError(f"sablonniere must be a bool, got {sablonniere!r}")
-    if len(partial_sums) < 2 * order + 1:
-        raise ValueError(
-            f"order={order} needs at least 2*order+1 = {2 * order + 1} partial sums, "
-            f"got {len(partial_sums)}"
-        )
-    column_before = [torch.zeros_like(partial_sums[-1])] * (2 * order + 1)  # ε_{−1}
-    column = list(partial_sums[len(partial_sums) - (2 * order + 1) :])  # ε_0
+    if num_sums < 2 * order + 1:
+        raise ValueError(f"order={order} needs at least 2*order+1 = {2 * order + 1} partial "
+                         f"sums, got {num_sums}")
+    return order
+
+
+def _epsilon_table(column, order, sablonniere, workspace):
+    """``ε_{2r}^{(0)}`` of :func:`wynn_epsilon` from the ``2r + 1`` vectors ``column`` (``ε_0``),
+    in place: ``ε_s^{(m)}`` overwrites ``ε_{s−2}^{(m)}``, whose last reader it is (odd columns
+    in ``workspace``, even ones in ``column``, whose last entry is kept). An entry is ``w`` by a
+    subtraction, ``wᵀw``, and ``ε_{s−2} + w/(wᵀw)`` by one ``addcdiv`` (by a division, a product
+    with ``σ_s`` and a sum if ``σ_s ≠ 1``): the formula's roundings, without a temporary."""
+    odd = workspace.vectors("epsilon table", 2 * order + 1, column[0])
+    difference = odd.pop()
+    before, current = [column[0].new_zeros(())] * len(column), column  # ε_{−1}, ε_0
     for s in range(1, 2 * order + 1):
         sigma = (s // 2 + 1) if sablonniere else 1
-        next_column = [
-            column_before[m + 1] + sigma * _samelson_inverse(column[m + 1] - column[m])
-            for m in range(len(column) - 1)
-        ]
-        column_before, column = column, next_column
-    return column[0]
+        target = odd if s % 2 else column
+        for m in range(len(current) - 1):
+            torch.sub(current[m + 1], current[m], out=difference)
+            squared_norm = torch.dot(difference, difference)
+            if sigma == 1:
+                torch.addcdiv(before[m + 1], difference, squared_norm, out=target[m])
+            else:
+                torch.div(difference, squared_norm, out=difference).mul_(sigma)
+                torch.add(before[m + 1], difference, out=target[m])
+        before, current = current, target[: len(current) - 1]
+    return current[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +321,7 @@ def sfn_series(
     kind: str = "damped",
     square_of_grad: torch.Tensor | None = None,
     stop_if_diverging: bool = False,
+    workspace: Workspace | None = None,
 ) -> SeriesResult:
     """Sum the series for ``Δ ≈ (|H| + λI)⁻¹ g`` and return it with diagnostics.
 
@@ -321,10 +339,20 @@ def sfn_series(
     ``square_of_grad``, when given, is ``H(Hg)`` already computed by the caller; it is used
     as the first product pair (and counted), so the total stays ``2(K − 1)`` products.
 
-    ``stop_if_diverging=True`` checks each term as it comes (one host synchronisation per
-    term) and stops at the first that grows: ``diverging`` is set, ``direction`` is the partial
-    sum so far (not to be used), and ``num_hvps``, the moments and ``ritz_values`` cover the
-    terms computed. A caller that will retry with a larger ``V`` wastes no products that way.
+    **Buffers.** Every vector operation writes into a preallocated flat vector (two for the
+    terms, a ring of ``2r + 1`` for the partial sums, ``2r + 1`` for the ε-table, one for ``Δ``;
+    two float64 ones for the moments of a narrower dtype): the operations of the formulas in
+    their order, so the bits of allocating every result. A :class:`~sfn_teach.hvp.Workspace`
+    as ``workspace`` keeps them from call to call (an optimiser's does); ``direction`` then
+    lives in it, until the next call. The loop never waits for a value: norms and moments stay
+    on the device until the end, so a GPU gets the products back to back.
+
+    ``stop_if_diverging=True`` is the exception: it checks each term as it comes (one host
+    synchronisation per term: ``‖v_k‖ > (1 + GROWTH_TOLERANCE)‖v_{k−1}‖`` in ``g``'s dtype)
+    and stops at the first that grows, since whether to spend the next two products depends on
+    it. ``diverging`` is then set, ``direction`` is the partial sum so far (not to be used), and
+    ``num_hvps``, the moments and ``ritz_values`` cover the terms computed. A caller that will
+    retry with a larger ``V`` wastes no products that way.
     """
     num_terms = integer("num_terms", num_terms, 1)
     scale = real("scale", scale, 0.0, low_open=True)
@@ -342,56 +370,71 @@ def sfn_series(
     coefficients = _cached_coefficients(num_terms, damping, scale, kind)
     keep_factor = 1.0 - damping / scale if kind == "quasi-damped" else 1.0
     window_size = 2 * acceleration_order + 1
+    space = Workspace() if workspace is None else workspace
+    terms = space.vectors("series terms", 2, grad)
+    sums = space.vectors("series partial sums", window_size, grad)  # S_k in sums[k % (2r+1)]
+    narrow = grad.dtype != torch.float64  # the moments ν_s = gᵀXˢg are accumulated in float64
+    wides = space.vectors("series moments", 2, grad, torch.float64) if narrow else None
 
-    # The loop runs one tensor operation per line and never waits for a value (norms stay
-    # tensors until the end): cheap for a 2-D toy, and no host synchronisation on a GPU.
-    term = grad
-    partial_sum = coefficients[0] * grad
-    norm = torch.linalg.vector_norm  # (Tensor.norm adds a Python wrapper per call)
-    term_norms, sum_norms = [norm(term)], [norm(partial_sum)]
-    wide = term.double()  # the moments ν_s = gᵀXˢg are accumulated in float64
-    moments = [torch.dot(wide, wide)]
-    window = [partial_sum]  # the last 2r+1 partial sums, for the ε-algorithm
-    first_square = square_of_grad
+    def wide(k, vector):
+        return wides[k % 2].copy_(vector) if narrow else vector
+
+    norm = torch.linalg.vector_norm
+    norms = grad.new_empty((2, num_terms))  # ‖v_k‖ and ‖S_k‖, read once at the end
+    moments = grad.new_empty(2 * min(num_terms - 1, MAX_RITZ_DIMENSION) + 1, dtype=torch.float64)
+    term, partial_sum = grad, torch.mul(grad, coefficients[0], out=sums[0])
+    norm(term, out=norms[0, 0])
+    norm(partial_sum, out=norms[1, 0])
+    previous = wide(0, term)
+    torch.dot(previous, previous, out=moments[0])
+    computed = 1
     for k in range(1, num_terms):
-        square = first_square if k == 1 and first_square is not None else hvp(hvp(term))
-        if k == 1:
-            first_square = square
+        square = square_of_grad if k == 1 and square_of_grad is not None else hvp(hvp(term))
+        square_of_grad = square if k == 1 else square_of_grad
+        after = terms[k % 2]
         if keep_factor != 1.0:
-            term = keep_factor * term
-        term = term.add(square, alpha=-1.0 / scale)  # v_k = v_{k−1} − H²v_{k−1}/V
-        partial_sum = partial_sum.add(term, alpha=coefficients[k])  # S_k = S_{k−1} + c_k v_k
-        window = (window + [partial_sum])[-window_size:]
-        term_norms.append(norm(term))
-        sum_norms.append(norm(partial_sum))
+            term = torch.mul(term, keep_factor, out=after)
+        term = torch.add(term, square, alpha=-1.0 / scale, out=after)  # v_k = v_{k−1} − H²v_{k−1}/V
+        partial_sum = torch.add(  # S_k = S_{k−1} + c_k v_k
+            partial_sum, term, alpha=coefficients[k], out=sums[k % window_size]
+        )
+        norm(term, out=norms[0, k])
+        norm(partial_sum, out=norms[1, k])
         if k <= MAX_RITZ_DIMENSION:
-            wide, previous = term.double(), wide
-            moments += [torch.dot(previous, wide), torch.dot(wide, wide)]  # ν_{2k−1}, ν_{2k}
-        if stop_if_diverging and term_norms[-1] > (1 + GROWTH_TOLERANCE) * term_norms[-2]:
+            current = wide(k, term)
+            torch.dot(previous, current, out=moments[2 * k - 1])  # ν_{2k−1}
+            torch.dot(current, current, out=moments[2 * k])  # ν_{2k}
+            previous = current
+        computed = k + 1
+        if stop_if_diverging and norms[0, k] > (1 + GROWTH_TOLERANCE) * norms[0, k - 1]:
             break
 
     root_scale = math.sqrt(scale)
-    term_norms = torch.stack(term_norms).tolist()
-    moments = torch.stack(moments).tolist()
+    term_norms, sum_norms = norms[:, :computed].tolist()
+    moments = moments[: 2 * min(computed - 1, MAX_RITZ_DIMENSION) + 1].tolist()
     result = SeriesResult(
-        direction=partial_sum / root_scale,
-        num_hvps=2 * (len(term_norms) - 1),
+        direction=partial_sum,
+        num_hvps=2 * (computed - 1),
         term_norms=term_norms,
-        partial_sum_norms=[n / root_scale for n in torch.stack(sum_norms).tolist()],
+        partial_sum_norms=[n / root_scale for n in sum_norms],
         diverging=any(
             later > (1 + GROWTH_TOLERANCE) * earlier
             for earlier, later in zip(term_norms, term_norms[1:])
         ),
-        square_of_grad=first_square,
+        square_of_grad=square_of_grad,
         moments=moments,
         ritz_values=ritz_values(moments, scale, damping, kind, grad.dtype),
     )
     if acceleration_order > 0 and not result.diverging:
-        accelerated = wynn_epsilon(window, acceleration_order, sablonniere)
-        if torch.isfinite(accelerated).all():
-            result.direction = accelerated / root_scale
+        window = [sums[k % window_size] for k in range(max(computed - window_size, 0), computed)]
+        _check_epsilon_table(len(window), acceleration_order, sablonniere)
+        accelerated = _epsilon_table(window, acceleration_order, sablonniere, space)
+        if all_finite(accelerated):  # (the ε-table overwrote every partial sum but S_{K−1})
+            result.direction = accelerated
         else:
             result.acceleration_failed = True
+    direction = space.vectors("series direction", 1, grad)[0]
+    result.direction = torch.div(result.direction, root_scale, out=direction)
     return result
 
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .checks import ArgumentError, ArgumentTypeError, SfnTeachError, flag, integer, real
-from .hvp import ParamsHVP, flatten, unflatten
+from .hvp import ParamsHVP, Workspace, all_finite, flatten, unflatten
 
 __all__ = [
     "CurvatureOptimizer", "NonFiniteStepError", "StepStats", "Update", "adaptive_step_sizes",
@@ -100,7 +100,9 @@ class Update:
     model_decrease: float
 
 
-def curvature_update(grad, direction, previous, curvature_buffer, *, lr, momentum, adaptive):
+def curvature_update(
+    grad, direction, previous, curvature_buffer, *, lr, momentum, adaptive, workspace=None
+):
     """The update ``δ_t = αΔ + μδ₀`` and what comes with it, from flat tensors.
 
     ``grad`` is ``g``, ``direction`` ``Δ``, ``previous`` ``δ₀ = δ_{t−1}`` and
@@ -109,6 +111,11 @@ def curvature_update(grad, direction, previous, curvature_buffer, *, lr, momentu
     ``q = δ₀ᵀb_{t−1}`` (``q := 1`` where it is 0) when ``adaptive``. Returns the
     :class:`Update` with ``b_t = μ b_{t−1} + α g`` and the model decrease
     ``M = ½(α² gᵀΔ + 2αμ gᵀδ₀ + μ² q) − α gᵀΔ − μ gᵀδ₀``. Nothing is modified.
+
+    ``δ_t`` and ``b_t`` are written into three vectors ``"update"`` of ``workspace`` (a
+    :class:`~sfn_teach.hvp.Workspace`; the third holds ``μδ₀`` and ``αg`` on the way), valid
+    until its next use; without one, into new tensors. Either way each product is rounded
+    before the sum, as ``αΔ + μδ₀`` is.
     """
     g_dir, g_prev = float(grad @ direction), float(grad @ previous)
     q = float(previous @ curvature_buffer) or 1.0
@@ -117,11 +124,13 @@ def curvature_update(grad, direction, previous, curvature_buffer, *, lr, momentu
     model_decrease = 0.5 * (alpha * alpha * g_dir + 2 * alpha * mu * g_prev + mu * mu * q) - (
         alpha * g_dir + mu * g_prev
     )
-    return Update(
-        update=alpha * direction + mu * previous,
-        curvature_buffer=mu * curvature_buffer + alpha * grad,
-        alpha=alpha, mu=mu, model_decrease=model_decrease,
+    update, buffer, scratch = (Workspace() if workspace is None else workspace).vectors(
+        "update", 3, grad
     )
+    torch.mul(direction, alpha, out=update).add_(torch.mul(previous, mu, out=scratch))
+    torch.mul(curvature_buffer, mu, out=buffer).add_(torch.mul(grad, alpha, out=scratch))
+    return Update(update=update, curvature_buffer=buffer, alpha=alpha, mu=mu,
+                  model_decrease=model_decrease)
 
 
 def levenberg_marquardt(
@@ -241,8 +250,15 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
 
     State: global (``scale`` V, ``damping`` λ, ``alpha``, ``mu``, ``step``, consecutive skips)
     in the state of the first parameter, as :class:`torch.optim.LBFGS` does; per parameter the
-    previous update ``δ_{t−1}`` and the curvature buffer ``b_{t−1}``. After every step
-    :attr:`stats` is its :class:`StepStats` (an empty mapping before the first step).
+    previous update ``δ_{t−1}`` and the curvature buffer ``b_{t−1}``, views of one flat vector
+    each that every step overwrites in place (as ``torch.optim``'s optimisers do: deep-copy a
+    ``state_dict`` to keep it). After every step :attr:`stats` is its :class:`StepStats` (an
+    empty mapping before the first step).
+
+    **Buffers.** The series, the update and the saved ``θ`` of Levenberg–Marquardt damping work
+    in flat vectors that the optimiser allocates once and reuses (a
+    :class:`~sfn_teach.hvp.Workspace`): a step allocates no vector of ``n`` numbers besides
+    those the gradient and the products return.
 
     **Data parallelism** (``process_group`` set; docs/method.md §8): the operator of each step
     is this rank's operator wrapped by :attr:`data_parallel`, so that its loss, gradient,
@@ -274,6 +290,8 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
         if not all(p.dtype.is_floating_point for p in tensors):
             raise ArgumentTypeError("params", "must be floating-point tensors")
         self.stats: Mapping = {}
+        self._workspace = Workspace()
+        self._flat_states = {}  # name -> (flat vector, the per-parameter views of it in state)
 
     # -- what a subclass provides ----------------------------------------------------------------
 
@@ -318,26 +336,32 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
             )
         return state
 
-    def _flat_buffer(self, params, name):
-        """A per-parameter state buffer as one flat vector (zeros before the first step)."""
-        return flatten(self.state[p][name] if name in self.state[p] else torch.zeros_like(p)
-                       for p in params)
-
-    def _store_flat(self, params, name, flat):
-        for p, piece in zip(params, unflatten(flat, params)):
-            self.state[p][name] = piece.clone()
+    def _flat_state(self, params, name):
+        """The per-parameter state ``name`` (zeros before the first step) as one flat vector whose
+        pieces are the state's tensors, so that writing it updates the state. Made again (one
+        copy) when the state holds other tensors: the first step, after ``load_state_dict``."""
+        flat, views = self._flat_states.get(name, (None, ()))
+        if len(views) != len(params) or any(
+            self.state[p].get(name) is not view for p, view in zip(params, views)
+        ):
+            flat = flatten(self.state[p][name] if name in self.state[p] else torch.zeros_like(p)
+                           for p in params)
+            views = unflatten(flat, params)
+            for p, view in zip(params, views):
+                self.state[p][name] = view
+            self._flat_states[name] = flat, views
+        return flat
 
     @staticmethod
     @torch.no_grad()
-    def _add_to_params(params, flat):
-        for p, piece in zip(params, unflatten(flat, params)):
-            p.add_(piece)
+    def _subtract_from_params(params, flat):
+        """``θ ← θ − δ`` (a subtraction rounds as the sum with ``−δ`` does)."""
+        torch._foreach_sub_(params, unflatten(flat, params))
 
     @staticmethod
     @torch.no_grad()
-    def _copy_to_params(params, tensors):
-        for p, saved in zip(params, tensors):
-            p.copy_(saved)
+    def _copy_to_params(params, flat):
+        torch._foreach_copy_(params, unflatten(flat, params))
 
     @staticmethod
     @torch.no_grad()
@@ -373,21 +397,26 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
         operator = self._operator(closure, params, hp)
         if not torch.isfinite(operator.loss):
             return self._skip("loss", operator, state, hp)
-        if not torch.isfinite(operator.grad).all():
+        if not all_finite(operator.grad):
             return self._skip("gradient", operator, state, hp)
 
         direction, diagnostics = self._direction(operator, state, hp)
+        previous = self._flat_state(params, "previous_update")
+        curvature_buffer = self._flat_state(params, "curvature_buffer")
         proposal = curvature_update(
-            operator.grad, direction, self._flat_buffer(params, "previous_update"),
-            self._flat_buffer(params, "curvature_buffer"),
-            lr=hp["lr"], momentum=hp["momentum"], adaptive=hp["adaptive"],
+            operator.grad, direction, previous, curvature_buffer, lr=hp["lr"],
+            momentum=hp["momentum"], adaptive=hp["adaptive"], workspace=self._workspace,
         )
-        if not torch.isfinite(proposal.update).all():
+        update_norm = torch.linalg.vector_norm(proposal.update)
+        # a finite ‖δ‖ proves every entry finite (one read of δ where isfinite takes four)
+        if not (torch.isfinite(update_norm) or all_finite(proposal.update)):
             return self._skip("update", operator, state, hp, **diagnostics)
 
         adapt_damping = hp["damping_factor"] is not None
-        theta = [p.detach().clone() for p in params] if adapt_damping else None
-        self._add_to_params(params, -proposal.update)
+        if adapt_damping:
+            theta = self._workspace.vectors("parameters", 1, operator.grad)[0]
+            torch.cat([p.detach().reshape(-1) for p in params], out=theta)
+        self._subtract_from_params(params, proposal.update)
         rho = None
         if adapt_damping:
             new_loss = self._loss_now(closure, operator)
@@ -400,13 +429,13 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
                 state["damping"], rho, hp["damping_factor"], hp["damping_min"], hp["damping_max"]
             )
 
-        self._store_flat(params, "previous_update", proposal.update)
-        self._store_flat(params, "curvature_buffer", proposal.curvature_buffer)
+        previous.copy_(proposal.update)
+        curvature_buffer.copy_(proposal.curvature_buffer)
         state.update(alpha=proposal.alpha, mu=proposal.mu, skipped_in_a_row=0)
         self.stats = self._stats(
             operator, state, num_forward=int(adapt_damping), alpha=proposal.alpha,
             mu=proposal.mu, rho=rho, model_decrease=proposal.model_decrease,
-            update_norm=float(proposal.update.norm()), **diagnostics,
+            update_norm=float(update_norm), **diagnostics,
         )
         return operator.loss
 

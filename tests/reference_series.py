@@ -23,6 +23,11 @@ from sfn_teach.series import (
 from sfn_teach.update import Update, adaptive_step_sizes, levenberg_marquardt
 
 
+def samelson_inverse(w):
+    """``w⁻¹ = w / (wᵀw)``."""
+    return w / torch.dot(w, w)
+
+
 def wynn_epsilon(partial_sums, order, sablonniere=False):
     """Wynn's vector ε-algorithm of order ``r`` on the last ``2r + 1`` partial sums."""
     if len(partial_sums) < 2 * order + 1:
@@ -35,7 +40,7 @@ def wynn_epsilon(partial_sums, order, sablonniere=False):
     for s in range(1, 2 * order + 1):
         sigma = (s // 2 + 1) if sablonniere else 1
         next_column = [
-            column_before[m + 1] + sigma * (lambda w: w / torch.dot(w, w))(column[m + 1] - column[m])
+            column_before[m + 1] + sigma * samelson_inverse(column[m + 1] - column[m])
             for m in range(len(column) - 1)
         ]
         column_before, column = column, next_column
