@@ -19,7 +19,7 @@ from bench_configs import ADAM, SERIES_ADAPTIVE, digits_config, without_timing, 
 from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
 
-from sfn_teach.bench import ConfigError, validate_config
+from sfn_teach.bench import ConfigError, read_config, validate_config
 from sfn_teach.bench.__main__ import main
 from sfn_teach.bench.tune import (
     ARCHIVE_FILE,
@@ -367,3 +367,31 @@ def test_local_tuning_stops_trials_early_resumes_and_reruns_the_best(tmp_path):
                                                                   rel=1e-4)
     assert {r["run_id"] for r in kept.rerun.records} == {r["run_id"] for r in full.rerun.records}
     assert time.perf_counter() - start < 180
+
+
+# --------------------------------------------------------------------------------------------
+# The tunings kept in the repository
+# --------------------------------------------------------------------------------------------
+
+ARCHIVES = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+
+
+def test_there_are_kept_tunings():
+    assert any(path.stem == "digits_tune" for path in ARCHIVES)
+
+
+@pytest.mark.parametrize("archive", ARCHIVES, ids=lambda p: p.stem)
+def test_a_kept_tuning_is_of_the_shipped_config_in_full(archive):
+    """Each file under benchmarks/results is a full (not --fast) tuning of the config of the same
+    name as it is now, with every optimiser tuned and re-run over the configured seeds: a config
+    changed without tuning again fails here."""
+    stored = json.loads(archive.read_text())["run_config"]
+    assert stored["config"] == read_config(ROOT / "benchmarks" / f"{archive.stem}.toml")
+    assert stored["fast"] is False
+    result = load_tuning_archive(archive)
+    names = [spec.name for spec in result.config.optimizers]
+    assert set(result.best) == set(names)
+    assert [row["optimizer"] for row in result.rerun.summary] == names
+    assert all(row["seeds"] == result.settings.reeval_seeds for row in result.rerun.summary)
+    samples = {name: sum(t["optimizer"] == name for t in result.trials) for name in names}
+    assert set(samples.values()) == {result.settings.num_samples}

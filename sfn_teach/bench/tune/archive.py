@@ -127,5 +127,5 @@ def load_tuning_archive(path) -> TuneResult:
                                 archive["rerun"]["summary"])
     trials = [{**trial, "records": _records(trial["records"])} for trial in archive["trials"]]
     return TuneResult(path, config, tune_settings(config, stored["fast"]), trials,
-                      archive["best"], rerun)
+                      archive["best"], rerun, stored.get("machine", ""))
 

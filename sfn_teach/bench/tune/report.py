@@ -41,6 +41,7 @@ class TuneResult:
     trials: list  # one dict per trial (trials.json), with its "records"
     best: dict  # optimiser name -> the best trial's summary and its optimiser table
     rerun: BenchmarkResult | None  # None when no optimiser had a finite best loss
+    machine: str = ""  # where it ran: platform, torch, threads (as the run folders record it)
 
     @property
     def table(self) -> str:
@@ -66,7 +67,7 @@ def load_tuning(out_dir) -> TuneResult:
         rerun_config, records = load_benchmark(out_dir / "best")
         rerun = BenchmarkResult(out_dir / "best", rerun_config, records, summarise(
             records, rerun_config.target_loss, rerun_config.target_split))
-    return TuneResult(out_dir, config, settings, trials, best, rerun)
+    return TuneResult(out_dir, config, settings, trials, best, rerun, stored.get("machine", ""))
 
 
 def format_tuning_table(trials, best, settings) -> str:
@@ -140,8 +141,7 @@ def plot_asha(result: TuneResult) -> Figure:
 
 def write_tuning_report(result: TuneResult) -> None:
     """Write ``tune.md`` (budget, trials, bests, the re-runs' table) and ``asha.png``."""
-    settings, out_dir = result.settings, result.out_dir
-    machine = read_run_config(out_dir).get("machine", "")
+    settings, out_dir, machine = result.settings, result.out_dir, result.machine
     rerun = ""
     if result.rerun is not None:
         config = result.rerun.config
