@@ -399,18 +399,20 @@ print(f"adaptive SeriesSFN: α in [{min(r['alpha'] for r in adaptive):.15f}, "
 #
 # A short training of the adaptive SeriesSFN next to SGD: choose the number of terms $K$,
 # the acceleration order $r$ and the initial damping $\lambda_0$, press **Run**, and watch the
-# curves. Each setting is run once and kept; pressing Run again with the same settings shows
-# the stored run.
+# curves. Tick the other optimisers of the benchmark (Adam, AdaHessian, Sophia-H, L-BFGS,
+# K-FAC, with the settings of section 5) to run them beside it. Each setting is run once and
+# kept; pressing Run again with the same settings shows the stored run.
 
 # %%
 short = copy.deepcopy(config)
 short["name"] = "digits_short"
-short["optimizers"] = [o for o in config["optimizers"]
-                       if o["name"] in ("SGD (momentum)", "SeriesSFN adaptive")]
+short["optimizers"] = [o for o in config["optimizers"]  # the dense-Hessian ones are slow
+                       if o["type"] not in ("newton", "exact_sfn") and "paper" not in o["name"]]
 short["train"].update(epochs=5, evals=10, seeds=[0])
 short["train"].pop("curvature_every")  # no diagnostics in the quick runs
-panel = BenchmarkPanel(short, OUT_DIR, controls=("num_terms", "acceleration_order", "damping",
-                                                 "epochs"), fast=FAST)
+panel = BenchmarkPanel(short, OUT_DIR, controls=("optimizers", "num_terms",
+                                                 "acceleration_order", "damping", "epochs"),
+                       fast=FAST, selected=("SGD (momentum)", "SeriesSFN adaptive"))
 panel.run()
 panel
 

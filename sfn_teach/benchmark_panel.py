@@ -86,6 +86,8 @@ class BenchmarkPanel:
         augment_path: where in the config the ``augment`` checkbox writes its bool, e.g.
             ``("data", "augment")``.
         fast: run the config's ``[fast]`` budget (what the tests and fast mode use).
+        selected: the names of the optimisers whose checkboxes start ticked (default: all);
+            the others are offered but not run until ticked.
 
     Attributes for code and tests: the controls (e.g. ``panel.num_terms``), ``run_button``,
     ``progress`` (an ``IntProgress`` over all steps of all runs), ``status``, ``message``,
@@ -96,10 +98,14 @@ class BenchmarkPanel:
     """
 
     def __init__(self, config: dict, out_dir, controls=DEFAULT_CONTROLS, augment_path=None,
-                 fast: bool = False):
+                 fast: bool = False, selected=None):
         unknown = sorted(set(controls) - set(CONTROLS))
         if unknown:
             raise ValueError(f"controls must be among {CONTROLS}, got unknown {unknown}")
+        names = [entry["name"] for entry in config["optimizers"]]
+        if selected is not None and not set(selected) <= set(names):
+            raise ValueError(f"selected must name optimisers of the config ({names}), got "
+                             f"unknown {sorted(set(selected) - set(names))}")
         if "augment" in controls and augment_path is None:
             raise ValueError("the augment control needs augment_path, e.g. ('data', 'augment')")
         self.base_config = copy.deepcopy(config)
@@ -108,7 +114,7 @@ class BenchmarkPanel:
         self.fast = fast
         self.records, self.result = [], None
         self._controls = [name for name in CONTROLS if name in controls]
-        self._build_controls()
+        self._build_controls(names if selected is None else selected)
         self.run_button = widgets.Button(description="Run", button_style="primary",
                                          icon="play")
         self.run_button.on_click(lambda _button: self.run())
@@ -143,10 +149,11 @@ class BenchmarkPanel:
         entries = [o for o in self.base_config["optimizers"] if o.get("type") in SERIES_TYPES]
         return entries[0] if entries else {}
 
-    def _build_controls(self):
+    def _build_controls(self, selected):
         train, series = self.base_config.get("train", {}), self._series_entry()
         self.optimizers = {
-            entry["name"]: widgets.Checkbox(value=True, description=entry["name"], indent=False)
+            entry["name"]: widgets.Checkbox(value=entry["name"] in selected,
+                                            description=entry["name"], indent=False)
             for entry in self.base_config["optimizers"]
         }
         self.num_terms = widgets.IntSlider(value=series.get("num_terms", 5), min=1, max=30,

@@ -87,6 +87,17 @@ def test_bad_construction_is_named(quick_config, tmp_path):
         BenchmarkPanel(quick_config, tmp_path, controls=("learning_rate",))
     with pytest.raises(ValueError, match="augment_path"):
         BenchmarkPanel(quick_config, tmp_path, controls=("augment",))
+    with pytest.raises(ValueError, match="selected .*'Shampoo'"):
+        BenchmarkPanel(quick_config, tmp_path, selected=("Adam", "Shampoo"))
+
+
+def test_selected_optimisers_start_ticked_and_the_others_are_offered(quick_config, tmp_path):
+    first = quick_config["optimizers"][0]["name"]
+    panel = BenchmarkPanel(quick_config, tmp_path, selected=(first,))
+    assert list(panel.optimizers) == [o["name"] for o in quick_config["optimizers"]]
+    assert [o["name"] for o in panel.build_config()["optimizers"]] == [first]
+    panel.optimizers["Adam"].value = True
+    assert [o["name"] for o in panel.build_config()["optimizers"]] == [first, "Adam"]
 
 
 def test_markdown_table_becomes_html():
