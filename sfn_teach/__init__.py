@@ -46,6 +46,7 @@ the method imports nothing from the other two). Modules, each with one job:
 - :mod:`sfn_teach.cifar10_generated`: generated CIFAR-format archives for tests and previews;
 - :mod:`sfn_teach.images`: image tensors: normalisation, crop and flip, validation split;
 - :mod:`sfn_teach.train`: the training loop, evaluation, cost accounting and exact resume;
+- :mod:`sfn_teach.cost`: work in gradient-equivalents (the trainer's ``CostModel``);
 - :mod:`sfn_teach.library_step`: a step of ``torch.optim``'s and other libraries' optimisers,
   counted, and undone if it is not finite;
 - :mod:`sfn_teach.diagnostics`: the curvature diagnostics of a small model;

@@ -7,7 +7,8 @@ products and skips a non-finite step itself. Any other optimiser is counted from
 - one gradient per evaluation of its closure (one a step for SGD and Adam, several for L-BFGS,
   whose line search re-evaluates), plus the Hessian-vector products its registry entry says
   the step takes (:attr:`sfn_teach.registry.OptimizerEntry.hvps`: AdaHessian's and Sophia-H's
-  Hutchinson products) and the extra gradients it says (``gradients``: K-FAC's Fisher backward);
+  Hutchinson products), the extra gradients it says (``gradients``: K-FAC's Fisher backward)
+  and the factor updates and preconditionings it says (``factor_work``: K-FAC's);
 - an entry that is ``guarded`` has its parameters and state copied before the step; a step
   that leaves a non-finite loss or parameter is undone (both restored) and
   :class:`~sfn_teach.optim.NonFiniteStepError` raised, so nothing non-finite reaches the
@@ -29,11 +30,13 @@ __all__ = ["library_step"]
 def library_step(optimizer, entry, closure, step: int) -> StepStats:
     """``optimizer.step(closure)`` as step ``step + 1``; its :class:`StepStats` (``loss``: the
     closure's first value, ``num_gradients``: the closure's evaluations and the entry's extra
-    gradients, ``num_hvps``: the
-    entry's count). ``entry`` is the optimiser's registry entry, or ``None`` for one that the
+    gradients, ``num_hvps``, ``num_factor_updates`` and ``num_preconditionings``: the
+    entry's counts). ``entry`` is the optimiser's registry entry, or ``None`` for one that the
     registry does not know (counted as one gradient per closure evaluation, unguarded)."""
     hvps = entry.hvps(optimizer) if entry is not None and entry.hvps else 0
     extra = entry.gradients(optimizer) if entry is not None and entry.gradients else 0
+    factor_updates, preconditionings = (entry.factor_work(optimizer) if entry is not None
+                                        and entry.factor_work else (0, 0))
     guarded = entry is not None and entry.guarded
     params = [p for group in optimizer.param_groups for p in group["params"]]
     before = _snapshot(optimizer, params) if guarded else None
@@ -50,7 +53,8 @@ def library_step(optimizer, entry, closure, step: int) -> StepStats:
     if guarded:
         _refuse_non_finite(optimizer, params, loss, before, entry.label, step)
     return StepStats(step=step + 1, loss=loss, num_gradients=evaluations + extra,
-                     num_hvps=hvps)
+                     num_hvps=hvps, num_factor_updates=factor_updates,
+                     num_preconditionings=preconditionings)
 
 
 def _snapshot(optimizer, params):

@@ -26,7 +26,9 @@ K-FAC (Martens & Grosse 2015) comes from ASDL (:mod:`sfn_teach.kfac`): its entry
 ``needs_model`` (it is built on the model, not its parameters, with ``data_size`` the batch
 size, which the builders pass) and its closure only returns the loss, like a curvature
 optimiser's; it counts :attr:`OptimizerEntry.gradients` extra gradients (the Monte-Carlo
-Fisher's backward) on the steps that recompute its factors.
+Fisher's backward) on the steps that recompute its factors, and its
+:attr:`OptimizerEntry.factor_work`: those steps' factor updates and inversions, and every
+step's preconditioning (weighed by ``CostModel.kfac_curvature`` and ``kfac_precondition``).
 Their entries say ``guarded``: the trainer undoes a step that leaves a non-finite loss or
 parameter and stops the run with :class:`~sfn_teach.optim.NonFiniteStepError` (these libraries
 make no promise about non-finite values).
@@ -47,7 +49,7 @@ from .kfac import FISHER_GRADIENTS, KFAC
 from .optim import CurvatureOptimizer, ExactSFN, Newton, SeriesSFN
 
 __all__ = ["OPTIMIZERS", "OptimizerEntry", "entry_of", "get_optimizer", "hutchinson_hvps",
-           "kfac_gradients", "step_closure", "with_defaults"]
+           "kfac_factor_work", "kfac_gradients", "step_closure", "with_defaults"]
 
 NOT_HYPERPARAMETERS = ("params", "process_group", "model", "data_size")
 """Constructor arguments that are not hyperparameters: the parameters (or the model), data
@@ -113,6 +115,13 @@ def kfac_gradients(optimizer) -> int:
     return FISHER_GRADIENTS if optimizer.curvature_step else 0
 
 
+def kfac_factor_work(optimizer) -> tuple[int, int]:
+    """``(n_KF, n_P)`` of the next K-FAC step: one factor update (``A``, ``G`` and their damped
+    inverses) on a step that recomputes them, else none; one preconditioning
+    ``G⁻¹ ∇W A⁻¹`` on every step."""
+    return int(optimizer.curvature_step), 1
+
+
 def with_defaults(given: Mapping, defaults: Mapping, owner: str) -> dict:
     """``defaults`` updated by ``given``; an :class:`~sfn_teach.checks.ArgumentError` names the
     first name of ``given`` that ``defaults`` lacks and lists the valid ones (of ``owner``)."""
@@ -145,6 +154,9 @@ class OptimizerEntry:
         needs_contiguous: its library flattens gradients with ``view(-1)``, which the
             gradients of channels-last convolution weights refuse, so the model is stored
             contiguous for it whatever the config asks (L-BFGS, K-FAC).
+        factor_work: ``factor_work(optimizer)``, the factor updates and preconditionings
+            ``(n_KF, n_P)`` its next ``step`` takes (``None``: none; K-FAC's) — for the
+            trainer's counts (:class:`sfn_teach.cost.CostModel`).
     """
 
     key: str
@@ -157,6 +169,7 @@ class OptimizerEntry:
     needs_model: bool = False
     gradients: Callable | None = None
     needs_contiguous: bool = False
+    factor_work: Callable | None = None
 
     @property
     def uses_backward(self) -> bool:
@@ -215,7 +228,8 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
         OptimizerEntry("lbfgs", torch.optim.LBFGS, "L-BFGS", LBFGS_CHECKS, guarded=True,
                        needs_contiguous=True),
         OptimizerEntry("kfac", KFAC, "K-FAC", guarded=True, needs_model=True,
-                       gradients=kfac_gradients, needs_contiguous=True),
+                       gradients=kfac_gradients, needs_contiguous=True,
+                       factor_work=kfac_factor_work),
     )
 }
 """Every optimiser by name: ``"sgd"``, ``"adam"``, ``"series_sfn"``, ``"exact_sfn"``,

@@ -17,11 +17,13 @@ uses batch statistics and updates nothing (:func:`make_closure`).
   The first ``warmup_steps`` steps a trainer takes (cuDNN autotuning, allocator growth) count
   in ``warmup_seconds`` instead of ``wall_clock``, and with ``compile`` the first step, which
   compiles, in ``compile_seconds``; both are reported, never hidden;
-- the work in *gradient-equivalents* (:class:`CostModel`): one per gradient, ``c_HVP`` per
-  Hessian-vector product and ``c_fwd`` per forward-only pass, counted from the optimiser's
-  ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``), any other optimiser's as
-  :func:`sfn_teach.library_step.library_step` counts them (its closure's evaluations, the
-  registry's products). Per step, ``c_t = n_grad + c_HVP · n_HVP + c_fwd · n_fwd``, so
+- the work in *gradient-equivalents* (:class:`~sfn_teach.cost.CostModel`): one per gradient,
+  ``c_HVP`` per Hessian-vector product, ``c_fwd`` per forward-only pass and, for K-FAC,
+  ``c_KF`` per factor update (with its inversions) and ``c_P`` per preconditioning, counted
+  from a curvature optimiser's ``stats`` (``num_gradients``, ``num_hvps``, ``num_forward``),
+  any other optimiser's as :func:`sfn_teach.library_step.library_step` counts them (its
+  closure's evaluations, the registry's products and K-FAC's factor work). Per step,
+  ``c_t = n_grad + c_HVP · n_HVP + c_fwd · n_fwd + c_KF · n_KF + c_P · n_P``, so
   ``grad_equivalents = Σ_t c_t`` whatever the batch. ``example_grad_equivalents = Σ_t c_t B_t``
   weighs each step by the examples ``B_t`` of its (global) batch: one gradient on one example
   is 1, so a step on 400 examples costs four times one on 100. Evaluation passes and the
@@ -73,7 +75,6 @@ import dataclasses
 import math
 import random
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -83,6 +84,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import rng_state, set_rng_state
 from .checks import ArgumentError, integer, real
+from .cost import COUNTS, CostModel
 from .data import SPLITS, Batches, Dataset, Split
 from .device import Precision, autocast, tf32, timed
 from .diagnostics import (
@@ -111,25 +113,6 @@ from :class:`~sfn_teach.optim.SeriesSFN`, ``λ̂_max`` (a Ritz estimate of the l
 TIMING_FIELDS = ("wall_clock", "warmup_seconds", "compile_seconds", "allreduce_seconds",
                  "allreduce_share")
 """The record fields that are measured times (they differ between otherwise identical runs)."""
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Work in gradient-equivalents: ``n_grad + c_HVP · n_HVP + c_fwd · n_fwd``.
-
-    A gradient (one forward and one backward pass) is the unit. ``hvp = c_HVP`` is the cost of
-    one Hessian-vector product: by Pearlmutter's trick a small constant; the default 2.0 is a
-    round figure (a further product on a retained double-backward graph costs 1.6–2.8
-    gradients on the CPU, ``bench/hvp_cost.py``); pass a measured ratio for the machine at
-    hand. ``forward = c_fwd`` is a forward-only pass (the Levenberg–Marquardt re-evaluation),
-    taken as half a gradient.
-    """
-
-    hvp: float = 2.0
-    forward: float = 0.5
-
-    def __call__(self, gradients: int, hvps: int, forward: int) -> float:
-        return gradients + self.hvp * hvps + self.forward * forward
 
 
 def seed_everything(seed: int) -> None:
@@ -204,7 +187,7 @@ class Trainer:
         seed: the data-order seed (:class:`sfn_teach.data.Batches`). Model initialisation is
             the caller's: call :func:`seed_everything` before building the model.
         loss_fn: a mean-reduced loss ``(outputs, targets) ↦ scalar`` (cross-entropy).
-        cost: the :class:`CostModel` of the gradient-equivalents.
+        cost: the :class:`CostModel` of the gradient-equivalents (``None``: its defaults).
         eval_batch_size: chunk size for evaluation (``None``: whole splits at once).
         precision: the :class:`sfn_teach.device.Precision` of the steps (default: all fp32).
         compile: run the training forward pass through ``torch.compile``, falling back to the
@@ -234,7 +217,7 @@ class Trainer:
         batch_size: int,
         seed: int,
         loss_fn=F.cross_entropy,
-        cost: CostModel = CostModel(),
+        cost: CostModel | None = None,
         eval_batch_size: int | None = None,
         *,
         precision: Precision | None = None,
@@ -255,7 +238,8 @@ class Trainer:
             model, dataset, curvature_every,
             batch_size if curvature_batch_size is None else curvature_batch_size, process_group)
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
-        self.loss_fn, self.cost, self.eval_batch_size = loss_fn, cost, eval_batch_size
+        self.loss_fn, self.eval_batch_size = loss_fn, eval_batch_size
+        self.cost = CostModel() if cost is None else cost
         self.precision, self.warmup_steps = precision or Precision(), warmup_steps
         self.process_group = process_group
         shard = (0, 1) if process_group is None else (rank(process_group),
@@ -270,7 +254,7 @@ class Trainer:
         self.num_records = 0
         self.wall_clock = self.warmup_seconds = self.compile_seconds = 0.0
         self.allreduce_seconds = 0.0
-        self.counts = {"gradients": 0, "hvps": 0, "forward": 0, "skipped": 0}
+        self.counts = {**dict.fromkeys(COUNTS, 0), "skipped": 0}
         self.last_stats = StepStats()  # of the last step; all None (or 0) before the first
 
     @property
@@ -281,7 +265,7 @@ class Trainer:
     @property
     def grad_equivalents(self) -> float:
         """The work so far in gradient-equivalents, ``Σ_t c_t`` (:class:`CostModel`)."""
-        return self.cost(self.counts["gradients"], self.counts["hvps"], self.counts["forward"])
+        return self.cost(*(self.counts[name] for name in COUNTS))
 
     @property
     def example_grad_equivalents(self) -> float:
@@ -356,9 +340,8 @@ class Trainer:
                 if stats.allreduce_seconds is not None:  # data-parallel
                     self.allreduce_seconds += stats.allreduce_seconds
             self._steps_taken += 1
-        self.counts["gradients"] += stats.num_gradients
-        self.counts["hvps"] += stats.num_hvps
-        self.counts["forward"] += stats.num_forward
+        for name in COUNTS:
+            self.counts[name] += stats[f"num_{name}"]
         self.counts["skipped"] += int(stats.skipped)
         self.step += 1
         self.last_stats = stats
@@ -369,8 +352,10 @@ class Trainer:
 
         Fields: ``step``, ``epoch``; the times (s) ``wall_clock`` (training steps only, after
         warm-up), ``warmup_seconds``, ``compile_seconds``; ``grad_equivalents`` ``Σ_t c_t``,
-        ``example_grad_equivalents`` ``Σ_t c_t B_t`` and the counts ``gradients``, ``hvps``,
-        ``forward``, ``skipped_steps``; ``{train,val,test}_{loss,accuracy}`` (:func:`evaluate`);
+        ``example_grad_equivalents`` ``Σ_t c_t B_t`` and the counts behind them
+        (:data:`~sfn_teach.cost.COUNTS`: ``gradients``, ``hvps``, ``forward``,
+        ``factor_updates``, ``preconditionings``), ``skipped_steps``;
+        ``{train,val,test}_{loss,accuracy}`` (:func:`evaluate`);
         ``compiled`` (whether the training forward runs through ``torch.compile``) and
         ``compile_error`` (why it fell back, else ``None``); from the last step ``batch_loss``
         and the :data:`STAT_FIELDS` (``None`` where the optimiser has no such quantity, and at
@@ -389,9 +374,7 @@ class Trainer:
             "compile_seconds": self.compile_seconds,
             "grad_equivalents": self.grad_equivalents,
             "example_grad_equivalents": self.example_grad_equivalents,
-            "gradients": self.counts["gradients"],
-            "hvps": self.counts["hvps"],
-            "forward": self.counts["forward"],
+            **{name: self.counts[name] for name in COUNTS},
             "skipped_steps": self.counts["skipped"],
         }
         for name in SPLITS:
@@ -492,7 +475,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         self.step, self.num_records = state["step"], state["num_records"]
-        self.wall_clock, self.counts = state["wall_clock"], dict(state["counts"])
+        self.wall_clock = state["wall_clock"]
+        # checkpoints from before K-FAC's factor work was counted lack those counts (0 but
+        # for K-FAC)
+        self.counts = {**dict.fromkeys(self.counts, 0), **state["counts"]}
         # checkpoints written before warm-up accounting counted every step in wall_clock
         self.warmup_seconds = state.get("warmup_seconds", 0.0)
         self.compile_seconds = state.get("compile_seconds", 0.0)

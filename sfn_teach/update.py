@@ -161,10 +161,13 @@ class StepStats(Mapping):
 
     Fields: ``step`` (``t``, from 1) and ``loss`` (``f(θ_t)`` on the batch, before the step);
     the work ``num_gradients``, ``num_hvps`` (every Hessian-vector product, those that chose
-    ``V`` and built a dense ``H`` included) and ``num_forward`` (forward-only passes: the
-    Levenberg–Marquardt re-evaluation); the update ``alpha``, ``mu``, ``model_decrease``
-    (``M``), ``update_norm`` (``‖δ_t‖``), ``rho`` (``ρ``, with Levenberg–Marquardt damping),
-    ``damping`` (``λ`` after the step) and ``scale`` (``V``); ``skipped`` and ``skip_reason``;
+    ``V`` and built a dense ``H`` included), ``num_forward`` (forward-only passes: the
+    Levenberg–Marquardt re-evaluation), and for K-FAC ``num_factor_updates`` (1 on a step
+    that recomputes its factors and their inverses) and ``num_preconditionings`` (1 a step)
+    (:class:`sfn_teach.cost.CostModel` weighs them); the update ``alpha``, ``mu``,
+    ``model_decrease`` (``M``), ``update_norm`` (``‖δ_t‖``), ``rho`` (``ρ``, with
+    Levenberg–Marquardt damping), ``damping`` (``λ`` after the step) and ``scale`` (``V``);
+    ``skipped`` and ``skip_reason``;
     the series' diagnostics (:class:`~sfn_teach.optim.SeriesSFN`, see
     :class:`sfn_teach.series.SeriesResult`) ``partial_sum_norms``, ``diverging``,
     ``acceleration_failed``, the spectrum ``lambda_max`` (``λ̂_max``), ``scale_ratio``
@@ -182,6 +185,8 @@ class StepStats(Mapping):
     num_gradients: int = 1
     num_hvps: int = 0
     num_forward: int = 0
+    num_factor_updates: int = 0
+    num_preconditionings: int = 0
     alpha: float | None = None
     mu: float | None = None
     rho: float | None = None

@@ -29,7 +29,7 @@ from sfn_teach.data import Batches, load_digits
 from sfn_teach.models import MLP
 from sfn_teach.optim import NonFiniteStepError
 from sfn_teach.registry import OPTIMIZERS, get_optimizer
-from sfn_teach.train import Trainer, seed_everything
+from sfn_teach.train import CostModel, Trainer, seed_everything
 
 torch.set_num_threads(1)
 
@@ -124,11 +124,18 @@ def test_the_trainer_equals_the_library_driven_by_hand(digits, kind):
     for p, q in zip(trainer.model.parameters(), model.parameters()):
         assert torch.equal(p, q)
     # the work: a gradient per closure evaluation (K-FAC: + the Fisher's backward), Hutchinson
-    # products by the library's rule
+    # products by the library's rule, K-FAC's factor updates (steps 1, 3, 5, 7) and
+    # preconditionings (every step)
     assert records[-1]["gradients"] == sum(evaluations)
     expected_hvps = {"adahessian": STEPS, "sophia_h": 3}.get(kind, 0)  # Sophia: steps 1, 4, 7
+    factor_updates, preconditionings = (4, STEPS) if kind == "kfac" else (0, 0)
     assert records[-1]["hvps"] == expected_hvps
-    assert records[-1]["grad_equivalents"] == sum(evaluations) + 2.0 * expected_hvps
+    assert (records[-1]["factor_updates"], records[-1]["preconditionings"]) == (
+        factor_updates, preconditionings)
+    cost = CostModel()
+    assert records[-1]["grad_equivalents"] == (sum(evaluations) + 2.0 * expected_hvps
+                                               + cost.kfac_curvature * factor_updates
+                                               + cost.kfac_precondition * preconditionings)
     if kind.startswith("lbfgs"):
         assert sum(evaluations) > STEPS  # several closure evaluations per step, all counted
     assert records[-1]["train_loss"] < records[0]["train_loss"]

@@ -42,7 +42,7 @@ optimiser once on a dummy parameter, so the rules are the optimiser's own. Schem
                                  # first batch_size training examples at every n-th record;
                                  # needs batch_size and a model of at most
                                  # sfn_teach.hvp.DENSE_MAX_DIM parameters)
-    [cost]                       # hvp = 2.0, forward = 0.5 (gradient-equivalents)
+    [cost]                       # hvp, forward, kfac_curvature, kfac_precondition (sfn_teach.cost)
     [report]                     # target_loss (default 0.1), target_split = "val"
     [fast]                       # steps = 4, evals = 2, seeds = the first two (fast mode)
 
@@ -420,12 +420,10 @@ def validate_config(raw: dict, name: str = "benchmark") -> BenchmarkConfig:
             raise ConfigError("train.batch_size", "missing: train.curvature_every needs it (the "
                               "diagnostic batch is the first train.batch_size training examples)")
 
-    cost = check_table(raw.get("cost", {}), "cost", ("hvp", "forward"))
-    cost = CostModel(
-        hvp=check_positive_number(cost.get("hvp", 2.0), "cost.hvp"),
-        forward=check_positive_number(cost.get("forward", 0.5), "cost.forward",
-                                      allow_zero=True),
-    )
+    cost = check_table(raw.get("cost", {}), "cost", tuple(CostModel.__dataclass_fields__))
+    cost = CostModel(**{name: check_positive_number(cost.get(name, getattr(CostModel, name)),
+                                                    f"cost.{name}", allow_zero=name != "hvp")
+                        for name in CostModel.__dataclass_fields__})
     report = check_table(raw.get("report", {}), "report", ("target_loss", "target_split"))
     target_loss = check_positive_number(report.get("target_loss", 0.1), "report.target_loss")
     target_split = check_choice(report.get("target_split", "val"), "report.target_split",

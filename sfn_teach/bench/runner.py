@@ -14,12 +14,14 @@ the last step); :meth:`sfn_teach.train.Trainer.record` plus the run's identity:
                                              evaluation, checkpoints, compilation
 ``warmup_seconds``, ``compile_seconds``      s of the excluded first steps of each (re)start
 ``grad_equivalents``                         work: Σ over steps of c_t = gradients +
-                                             c_HVP·HVPs + c_fwd·forwards (a step is a step,
-                                             whatever its batch)
+                                             c_HVP·HVPs + c_fwd·forwards + K-FAC's
+                                             c_KF·factor updates + c_P·preconditionings
+                                             (a step is a step, whatever its batch)
 ``example_grad_equivalents``                 work per example: Σ over steps of c_t × the
                                              examples of the step's batch (all ranks): one
                                              gradient on one example = 1
-``gradients``, ``hvps``, ``forward``          the counts behind them
+``gradients``, ``hvps``, ``forward``,        the counts behind them (the last two: K-FAC's
+``factor_updates``, ``preconditionings``     curvature steps and steps)
 ``skipped_steps``                            steps the optimiser refused (non-finite values)
 ``{train,val,test}_{loss,accuracy}``         mean cross-entropy and accuracy on each part,
                                              fp32, BatchNorm in eval mode
