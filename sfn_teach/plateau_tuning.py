@@ -52,17 +52,29 @@ def escape_steps(records, target_loss: float, split: str = "val") -> dict:
 def plot_escape(result, y: str = "val_loss", xs=XS) -> Figure:
     """The re-runs of the tuning ``result`` (a :class:`sfn_teach.bench.tune.TuneResult`):
     ``y`` against each of ``xs`` (:func:`sfn_teach.bench.plot_curves`: median over seeds and
-    min–max band, log axes for the costs), with the plateau's level ``log C`` (dotted) and the
-    report's target, the escape (dashed)."""
-    config = result.rerun.config
-    figure = plot_curves(result.rerun.records, y, xs=xs)
-    level = math.log(DATASETS[config.task].num_classes)
-    for ax in figure.axes:
-        ax.axhline(level, color="k", linestyle=":", linewidth=0.9)
+    min–max band), with the plateau's level ``log C`` (dotted) and the report's target, the
+    escape (dashed).
+
+    Every x axis is symmetric-logarithmic, linear up to its first evaluation after the start
+    (the smallest positive ``x`` of the records), so the start, ``x = 0``, is drawn with the
+    plateau that follows it however far the costs spread. Losses above ``3 log C`` (a
+    diverging run) are cut off at the top.
+    """
+    config, records = result.rerun.config, result.rerun.records
+    figure = plot_curves(records, y, xs=xs, log_x=())
+    classes = DATASETS[config.task].num_classes
+    for ax, x in zip(figure.axes, xs):
+        ax.set_xscale("symlog", linthresh=min(r[x] for r in records if r[x] > 0))
+        ax.set_xlim(left=0)
+        ax.axhline(math.log(classes), color="k", linestyle=":", linewidth=0.9)
         ax.axhline(config.target_loss, color="k", linestyle="--", linewidth=0.9)
-    figure.axes[0].set_title(f"dotted: log {DATASETS[config.task].num_classes} (the plateau); "
-                             f"dashed: {config.target_split} loss {config.target_loss:g} "
-                             "(escaped)", fontsize="small", loc="left")
+        ax.set_ylim(top=3 * math.log(classes))
+    figure.axes[0].get_legend().remove()
+    figure.legend(*figure.axes[0].get_legend_handles_labels(), loc="outside right upper",
+                  fontsize="small")
+    figure.axes[0].set_title(f"dotted: log {classes} (the plateau); dashed: "
+                             f"{config.target_split} loss {config.target_loss:g} (escaped)",
+                             fontsize="small", loc="left")
     return figure
 
 
