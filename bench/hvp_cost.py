@@ -1,6 +1,7 @@
 """What a Hessian-vector product costs, in gradients, on the CPU.
 
-    python bench/hvp_cost.py [--repeats N] [--quick] [--threads T]
+    python bench/hvp_cost.py [--repeats N] [--quick] [--threads T] [--only mlp|resnet18]
+                             [--compile]
 
 For an MLP 784-256-256-10 at batch 256 and the CIFAR ResNet-18 at batch 32 it times, side by
 side (variants interleaved within every repeat, warm-up runs excluded, medians reported):
@@ -11,7 +12,12 @@ side (variants interleaved within every repeat, warm-up runs excluded, medians r
 - the marginal ``Hv`` once the work is shared: a further product on the retained
   double-backward graph, and a product of the ``linearize`` trace after its set-up;
 - one step of :class:`sfn_teach.optim.SeriesSFN` (K = 5, r = 2), compared with the cost model
-  ``1 + 2(K−1)·c_HVP`` gradients, where ``c_HVP`` is the marginal double-backward ratio.
+  ``1 + 2(K−1)·c_HVP`` gradients, where ``c_HVP`` is the marginal double-backward ratio;
+- that step in parts (:class:`StepParts`): the gradient set-up, the products, the series'
+  vector arithmetic, the ε-table, the Ritz values, the update and the bookkeeping, timed inside
+  real steps by wrapping the functions the step calls (exclusive times, so the parts add up to
+  the step; CPU operations are synchronous, so a wall-clock interval is the part's cost);
+- with ``--compile``, what ``torch.compile`` makes of the products (:func:`compiled_variants`).
 
 Every time is reported as a ratio to the gradient measured in the same run.
 """
@@ -23,17 +29,18 @@ import platform
 import statistics
 import sys
 import time
+from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 
-from sfn_teach.hvp import ModelHVP
+from sfn_teach import hvp as hvp_module
+from sfn_teach import optim as optim_module
+from sfn_teach import series as series_module
+from sfn_teach import update as update_module
+from sfn_teach.hvp import ModelHVP, batchnorm_policy, flatten, unflatten
 from sfn_teach.models import MLP, count_parameters, resnet18_cifar
-
-try:
-    from sfn_teach.optim import SeriesSFN
-except ImportError:  # the optimiser is optional for the HVP measurements
-    SeriesSFN = None
+from sfn_teach.optim import SeriesSFN
 
 NUM_TERMS = 5
 GRADIENT = "gradient (forward + backward)"
@@ -56,6 +63,11 @@ def parse_args(argv=None):
         "--quick", action="store_true", help="2 repeats, no linearize on ResNet-18 (~40 s)"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
+    parser.add_argument("--only", choices=("mlp", "resnet18"), help="one network only")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="also torch.compile's products (minutes of compilation on a CPU)",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 5
@@ -65,12 +77,13 @@ def parse_args(argv=None):
 
 
 def problems(quick):
-    """``(name, model, inputs, targets, calls per sample, run linearize)`` for each network."""
+    """``(key, name, model, inputs, targets, calls per sample, run linearize)`` per network."""
     generator = torch.Generator().manual_seed(0)
     mlp = MLP((784, 256, 256, 10), activation="tanh")
     resnet = resnet18_cifar()
     return [
         (
+            "mlp",
             "MLP 784-256-256-10 (tanh), batch 256",
             mlp,
             torch.randn(256, 784, generator=generator),
@@ -79,6 +92,7 @@ def problems(quick):
             True,
         ),
         (
+            "resnet18",
             "ResNet-18 (CIFAR, width 64, BatchNorm train), batch 32",
             resnet,
             torch.randn(32, 3, 32, 32, generator=generator),
@@ -135,24 +149,160 @@ def linearize_variant(model, inputs, targets, v):
     return set_up_seconds, first, lambda: operator.matvec(v)
 
 
+def compiled_variants(model, inputs, targets, v):
+    """What ``torch.compile`` (Inductor) makes of the products: timed callables, one-off
+    seconds, and notes (an error where it cannot, the relative error of the products against
+    the double-backward one).
+
+    - the double backward ``∇(∇f(θ)ᵀv)`` compiled as one function: Inductor's autograd
+      (AOTAutograd) refuses a backward of a backward;
+    - ``jvp(grad(f))`` compiled: one function of ``(θ, v)``, so each product re-runs the forward
+      and backward pass (a product from scratch), after a compilation that is paid once;
+    - ``torch.func.linearize``'s traced jvp compiled: the marginal product at its cheapest,
+      but the trace holds this batch's activations as constants, so every batch (every step)
+      traces and compiles again: its second compilation is reported.
+    """
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    primals = tuple(p.detach() for p in model.parameters() if p.requires_grad)
+    tangents = tuple(unflatten(v, primals))
+    reference = ModelHVP(model, F.cross_entropy, inputs, targets).matvec(v)
+
+    def loss(parameters):
+        outputs = torch.func.functional_call(model, dict(zip(names, parameters)), (inputs,))
+        return F.cross_entropy(outputs, targets)
+
+    def double_backward(parameters, directions):
+        parameters = [p.detach().requires_grad_() for p in parameters]
+        grads = torch.autograd.grad(loss(parameters), parameters, create_graph=True)
+        return torch.autograd.grad(grads, parameters, directions)
+
+    def jvp_of_grad(parameters, directions):
+        return torch.func.jvp(torch.func.grad(loss), (parameters,), (directions,))[1]
+
+    def run(function, *arguments):  # BatchNorm on batch statistics, as ModelHVP does
+        with batchnorm_policy(model, "train"):
+            return flatten(function(*arguments))
+
+    def first_call(function, *arguments):
+        start = time.perf_counter()
+        result = run(function, *arguments)
+        error = float((result - reference).norm() / reference.norm())
+        return time.perf_counter() - start, error
+
+    timed, once, notes = {}, {}, []
+    try:
+        first_call(torch.compile(double_backward), primals, tangents)
+    except RuntimeError as error:
+        notes.append(f"torch.compile of the double backward: {str(error).splitlines()[0]}")
+    compiled_jvp = torch.compile(jvp_of_grad)
+    once["torch.compile(jvp(grad)): compilation + 1st product"], error = first_call(
+        compiled_jvp, primals, tangents
+    )
+    notes.append(f"torch.compile(jvp(grad)): relative error {error:.1e} against double-backward")
+    timed["HVP from scratch, torch.compile(jvp(grad))"] = lambda: run(
+        compiled_jvp, primals, tangents
+    )
+    for attempt, label in enumerate(("trace + compilation", "next batch: again")):
+        shifted = tuple(p * (1 + 1e-3 * attempt) for p in primals)
+        start = time.perf_counter()
+        with batchnorm_policy(model, "train"):
+            linear = torch.func.linearize(torch.func.grad(loss), shifted)[1]
+        compiled_linear = torch.compile(linear)
+        trace = time.perf_counter() - start
+        seconds_taken, error = first_call(compiled_linear, tangents)
+        once[f"torch.compile(linearize jvp): {label} + 1st product"] = trace + seconds_taken
+        if not attempt:
+            notes.append(f"torch.compile(linearize jvp): relative error {error:.1e}")
+    timed["marginal HVP, torch.compile(linearize jvp)"] = lambda: run(compiled_linear, tangents)
+    return timed, once, notes
+
+
 def sfn_step_variant(model, inputs, targets):
     """One ``SeriesSFN`` step on a copy of ``model`` (its in-place update must not invalidate
-    the retained graphs built on the original), and the optimiser for its ``stats``."""
+    the retained graphs built on the original), the optimiser (for its ``stats``) and the
+    closure."""
     copy_of_model = copy.deepcopy(model)
     optimizer = SeriesSFN(copy_of_model.parameters(), **SFN_SETTINGS)
 
     def closure():
         return F.cross_entropy(copy_of_model(inputs), targets)
 
-    return (lambda: optimizer.step(closure)), optimizer
+    return (lambda: optimizer.step(closure)), optimizer, closure
 
 
-def measure(model, inputs, targets, number, with_linearize, repeats):
-    """Seconds per sample of each variant (interleaved repeats), linearize's one-off samples."""
+PARTS = ("gradient set-up", "products", "series arithmetic", "ε-table", "Ritz values", "update",
+         "bookkeeping")
+
+
+class StepParts:
+    """Seconds of each part of :class:`SeriesSFN` steps, timed inside real steps.
+
+    While :meth:`step` runs, the functions a step calls are wrapped with a wall-clock timer:
+    ``CurvatureOptimizer._operator`` (the gradient set-up: the loss and ``g`` with the graph
+    kept), ``CurvatureOperator.matvec`` (the products), ``sfn_series`` (the series' vector
+    arithmetic: terms, partial sums, norms, moments), ``_epsilon_table``, ``ritz_values``,
+    ``curvature_update`` and ``_subtract_from_params`` (the update ``δ``, ``b`` and ``θ − δ``).
+    Times are exclusive (a product inside the series counts as a product, not as series
+    arithmetic), and what no wrapper covers is the bookkeeping: the scale rule, the finite checks,
+    the state, the statistics, Python. So the parts add up to the step. A wrapper costs about a
+    microsecond a call, a few dozen a step.
+    """
+
+    WRAPPED = (
+        (update_module.CurvatureOptimizer, "_operator", "gradient set-up"),
+        (hvp_module.CurvatureOperator, "matvec", "products"),
+        (optim_module, "sfn_series", "series arithmetic"),
+        (series_module, "_epsilon_table", "ε-table"),
+        (series_module, "ritz_values", "Ritz values"),
+        (update_module, "curvature_update", "update"),
+        (update_module.CurvatureOptimizer, "_subtract_from_params", "update"),
+    )
+
+    def __init__(self):
+        self.samples = defaultdict(list)  # part -> seconds per step
+        self._stack = []  # per open interval: seconds of the intervals inside it
+
+    def _timed(self, function, part, totals):
+        def wrapper(*args, **kwargs):
+            self._stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                totals[part] += elapsed - self._stack.pop()
+                self._stack[-1] += elapsed
+
+        return wrapper
+
+    def step(self, optimizer, closure):
+        """One ``optimizer.step(closure)`` with its parts recorded."""
+        totals = dict.fromkeys(PARTS, 0.0)
+        originals = [(owner, name, vars(owner)[name]) for owner, name, _ in self.WRAPPED]
+        for (owner, name, original), (_, _, part) in zip(originals, self.WRAPPED):
+            if isinstance(original, staticmethod):
+                setattr(owner, name, staticmethod(self._timed(original.__func__, part, totals)))
+            else:
+                setattr(owner, name, self._timed(original, part, totals))
+        try:
+            self._stack.append(0.0)
+            start = time.perf_counter()
+            optimizer.step(closure)
+            elapsed = time.perf_counter() - start
+            totals["bookkeeping"] += elapsed - self._stack.pop()
+        finally:
+            for owner, name, original in originals:
+                setattr(owner, name, original)
+        for part, seconds in totals.items():
+            self.samples[part].append(seconds)
+        self.samples["step (instrumented)"].append(elapsed)
+
+
+def measure(model, inputs, targets, number, with_linearize, with_compile, repeats):
+    """Seconds per sample of each variant (interleaved repeats), the one-off samples, notes,
+    the optimiser of the timed steps and the :class:`StepParts` of as many instrumented ones."""
     timed, v = variants(model, inputs, targets)
-    optimizer = None
-    if SeriesSFN is not None:
-        timed[STEP], optimizer = sfn_step_variant(model, inputs, targets)
+    timed[STEP], optimizer, closure = sfn_step_variant(model, inputs, targets)
     once = {}
     if with_linearize:
         set_up, first, timed["marginal HVP, linearize (after set-up)"] = linearize_variant(
@@ -162,17 +312,33 @@ def measure(model, inputs, targets, number, with_linearize, repeats):
             "linearize set-up (1 sample after a warm-up)": set_up,
             "HVP from scratch, linearize (set-up + 1st product, 1 sample)": set_up + first,
         }
-    for fn in timed.values():  # warm-up, not timed
+    parts = StepParts()
+    samples = interleaved(timed, number, repeats, lambda: parts.step(optimizer, closure))
+    tables = [(samples, once, [])]
+    if with_compile:  # last: once compiled kernels have run, eager timings scatter widely
+        compiled, compiled_once, notes = compiled_variants(model, inputs, targets, v)
+        compiled[GRADIENT] = timed[GRADIENT]
+        tables.append((interleaved(compiled, number, repeats), compiled_once, notes))
+    return tables, optimizer, parts
+
+
+def interleaved(timed, number, repeats, after_each=None):
+    """Seconds per call of each of ``timed``: ``repeats`` samples of ``number`` calls each, the
+    order rotated from repeat to repeat, after one untimed call each; ``after_each()``, if
+    given, runs ``number`` times after each repeat."""
+    for fn in timed.values():
         fn()
     samples = {name: [] for name in timed}
     names = list(timed)
     for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             samples[name].append(seconds(timed[name], number))
-    return samples, once, optimizer
+        for _ in range(number if after_each else 0):
+            after_each()
+    return samples
 
 
-def print_table(title, samples, once):
+def print_table(title, samples, once, notes):
     """Seconds per variant, and ratios to the gradient by medians and by minima.
 
     Other processes on the machine only ever add time, so the minima are the better estimate of
@@ -193,14 +359,14 @@ def print_table(title, samples, once):
             f"  {name:<62} {mid:>10.4f} {spread} {mid / median[GRADIENT]:>10.2f} "
             f"{low / fastest[GRADIENT]:>8.2f}"
         )
+    for note in notes:
+        print(f"  {note}")
 
 
-def print_sfn_section(title, samples, optimizer):
-    """The measured step against ``1 + 2(K−1)·c_HVP``, ``c_HVP`` the marginal HVP ratio."""
+def print_sfn_section(title, samples, optimizer, parts):
+    """The measured step against ``1 + 2(K−1)·c_HVP``, ``c_HVP`` the marginal HVP ratio, and
+    the step in parts (medians and minima of the instrumented steps, in gradients)."""
     print(f"\n  {title}")
-    if optimizer is None:
-        print("    SeriesSFN not available (sfn_teach.optim could not be imported)")
-        return
     print(f"    settings: {', '.join(f'{k}={v}' for k, v in SFN_SETTINGS.items())}")
     stats = optimizer.stats
     print(f"    HVPs per step: {stats.get('num_hvps')}, last step skipped: {stats.get('skipped')}")
@@ -213,6 +379,15 @@ def print_sfn_section(title, samples, optimizer):
             f"    by {label}: step {step:.4f} s = {step / unit:.2f} g; model 1 + "
             f"{2 * (NUM_TERMS - 1)}·{c_hvp:.2f} = {model:.2f} g; measured / model "
             f"{step / unit / model:.2f}"
+        )
+    unit = {"median": statistics.median(samples[GRADIENT]), "min": min(samples[GRADIENT])}
+    print(f"    the step in parts ({len(parts.samples['products'])} instrumented steps), in g:")
+    print(f"      {'part':<24} {'median [ms]':>11} {'x g median':>10} {'x g min':>8}")
+    for part in (*PARTS, "step (instrumented)"):
+        times = parts.samples[part]
+        print(
+            f"      {part:<24} {1e3 * statistics.median(times):>11.3f} "
+            f"{statistics.median(times) / unit['median']:>10.2f} {min(times) / unit['min']:>8.2f}"
         )
 
 
@@ -243,23 +418,27 @@ def main(argv=None):
     )
     print(f"load average (1, 5, 15 min) at the start: {load_average()}")
     results = []
-    for name, model, inputs, targets, number, with_linearize in problems(args.quick):
+    for key, name, model, inputs, targets, number, with_linearize in problems(args.quick):
+        if args.only not in (None, key):
+            continue
         model.train()
         title = f"{name}, {count_parameters(model):,} parameters"
         if number > 1:
             title += f" (each sample averages {number} calls)"
         if not with_linearize:
             title += "; linearize skipped (--quick)"
-        samples, once, optimizer = measure(
-            model, inputs, targets, number, with_linearize, args.repeats
+        tables, optimizer, parts = measure(
+            model, inputs, targets, number, with_linearize, args.compile, args.repeats
         )
-        print_table(title, samples, once)
-        results.append((name, samples, optimizer))
+        print_table(title, *tables[0])
+        for table in tables[1:]:
+            print_table(f"{name}: torch.compile, timed after the rest", *table)
+        results.append((name, tables[0][0], optimizer, parts))
     print(
         f"\nSeriesSFN step in gradients g, against the cost model 1 + 2(K-1)·c_HVP, K = {NUM_TERMS}"
     )
-    for name, samples, optimizer in results:
-        print_sfn_section(name, samples, optimizer)
+    for name, samples, optimizer, parts in results:
+        print_sfn_section(name, samples, optimizer, parts)
     print(f"\nload average (1, 5, 15 min) at the end: {load_average()}")
     print(f"A load above {args.threads} (the thread count) means other processes shared the cores;")
     print("then trust the minima more than the medians.")
