@@ -179,7 +179,8 @@ def wynn_epsilon(
     """
     order = _check_epsilon_table(len(partial_sums), order, sablonniere)
     column = [s.clone() for s in partial_sums[len(partial_sums) - (2 * order + 1) :]]
-    return _epsilon_table(column, order, sablonniere, Workspace())
+    scratch = [torch.empty_like(column[0]) for _ in range(2 * order + 1)]
+    return _epsilon_table(column, scratch, order, sablonniere)
 
 
 def _check_epsilon_table(num_sums, order, sablonniere):
@@ -193,14 +194,14 @@ def _check_epsilon_table(num_sums, order, sablonniere):
     return order
 
 
-def _epsilon_table(column, order, sablonniere, workspace):
+def _epsilon_table(column, scratch, order, sablonniere):
     """``ε_{2r}^{(0)}`` of :func:`wynn_epsilon` from the ``2r + 1`` vectors ``column`` (``ε_0``),
     in place: ``ε_s^{(m)}`` overwrites ``ε_{s−2}^{(m)}``, whose last reader it is (odd columns
-    in ``workspace``, even ones in ``column``, whose last entry is kept). An entry is ``w`` by a
-    subtraction, ``wᵀw``, and ``ε_{s−2} + w/(wᵀw)`` by one ``addcdiv`` (by a division, a product
-    with ``σ_s`` and a sum if ``σ_s ≠ 1``): the formula's roundings, without a temporary."""
-    odd = workspace.vectors("epsilon table", 2 * order + 1, column[0])
-    difference = odd.pop()
+    in ``2r`` of the ``2r + 1`` vectors ``scratch``, even ones in ``column``, whose last entry is
+    kept). An entry is ``w`` by a subtraction, ``wᵀw``, and ``ε_{s−2} + w/(wᵀw)`` by one
+    ``addcdiv`` (a division, a product with ``σ_s`` and a sum if ``σ_s ≠ 1``): the formula's
+    roundings, without a temporary."""
+    *odd, difference = scratch
     before, current = [column[0].new_zeros(())] * len(column), column  # ε_{−1}, ε_0
     for s in range(1, 2 * order + 1):
         sigma = (s // 2 + 1) if sablonniere else 1
@@ -340,8 +341,8 @@ def sfn_series(
     as the first product pair (and counted), so the total stays ``2(K − 1)`` products.
 
     **Buffers.** Every vector operation writes into a preallocated flat vector (two for the
-    terms, a ring of ``2r + 1`` for the partial sums, ``2r + 1`` for the ε-table, one for ``Δ``;
-    two float64 ones for the moments of a narrower dtype): the operations of the formulas in
+    terms, a ring of ``2r + 1`` for the partial sums, ``2r − 1`` more for the ε-table; two
+    float64 ones for the moments of a narrower dtype): the operations of the formulas in
     their order, so the bits of allocating every result. A :class:`~sfn_teach.hvp.Workspace`
     as ``workspace`` keeps them from call to call (an optimiser's does); ``direction`` then
     lives in it, until the next call. The loop never waits for a value: norms and moments stay
@@ -428,13 +429,14 @@ def sfn_series(
     if acceleration_order > 0 and not result.diverging:
         window = [sums[k % window_size] for k in range(max(computed - window_size, 0), computed)]
         _check_epsilon_table(len(window), acceleration_order, sablonniere)
-        accelerated = _epsilon_table(window, acceleration_order, sablonniere, space)
+        scratch = terms + space.vectors("epsilon table", 2 * acceleration_order - 1, grad)
+        accelerated = _epsilon_table(window, scratch, acceleration_order, sablonniere)
         if all_finite(accelerated):  # (the ε-table overwrote every partial sum but S_{K−1})
             result.direction = accelerated
         else:
             result.acceleration_failed = True
-    direction = space.vectors("series direction", 1, grad)[0]
-    result.direction = torch.div(result.direction, root_scale, out=direction)
+    # Δ = V^(-½) S_{K−1} (or ε_{2r}) in place of the partial sum it is made of
+    result.direction = torch.div(result.direction, root_scale, out=result.direction)
     return result
 
 
@@ -491,10 +493,8 @@ def exact_sfn_direction(
     if hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
         raise ValueError(f"hessian must be a square matrix, got shape {tuple(hessian.shape)}")
     if grad.shape != (hessian.shape[0],):
-        raise ValueError(
-            f"grad must have shape ({hessian.shape[0]},) to match the hessian, "
-            f"got {tuple(grad.shape)}"
-        )
+        raise ValueError(f"grad must have shape ({hessian.shape[0]},) to match the hessian, "
+                         f"got {tuple(grad.shape)}")
     eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
     weights = filter_target(eigenvalues, damping, kind).to(grad.dtype)
     return eigenvectors @ (weights * (eigenvectors.T @ grad))
