@@ -16,7 +16,11 @@ ASDL's damping convention exactly: Martens & Grosse's factored Tikhonov damping 
 factors and their inverses are recomputed every that many steps (between, the last inverses
 precondition). ASDL's moving average of the factors (``ema_decay``) is not offered: in
 ``asdfghjkl`` 0.1a5 its inversion path calls ``torch.cuda.nvtx`` and fails on a CPU build of
-torch, so the factors are the last curvature batch's (ASDL's default).
+torch, so the factors are the last curvature batch's (ASDL's default). ``max_grad_norm = c``
+clips the preconditioned gradient ``p`` of all layers together to ``p · min(1, c/‖p‖₂)``
+before the SGD step, as ASDL's CIFAR-10 examples do (with ``c = 1``); without it a large ``lr``
+can blow the factors up until Cholesky refuses one, and then the step stops the run with
+:class:`~sfn_teach.optim.NonFiniteStepError`, the parameters unchanged.
 
 **Driving ASDL.** ASDL's documented way is ``gm.setup_model_call(model, x)``,
 ``gm.setup_loss_call(F.cross_entropy, dummy_y, t)``, ``gm.forward_and_backward()``, then the
@@ -59,6 +63,7 @@ from asdl import FISHER_MC, KfacGradientMaker, PreconditioningConfig
 from asdl.symmatrix import SymMatrix
 
 from .checks import ArgumentError, integer, real
+from .update import NonFiniteStepError
 
 __all__ = ["FISHER_GRADIENTS", "KFAC"]
 
@@ -78,11 +83,15 @@ class KFAC(torch.optim.SGD):
         lr, momentum, weight_decay: those of :class:`torch.optim.SGD` (``lr > 0``).
         damping: ``λ > 0`` (ASDL's ``damping``).
         curvature_interval: steps between updates of the factors and inverses (int ``≥ 1``).
+        max_grad_norm: ``c > 0`` clips the preconditioned gradient ``p`` (all parameters'
+            together) to ``p · min(1, c/‖p‖₂)`` before the SGD step
+            (:func:`torch.nn.utils.clip_grad_norm_`, as ASDL's CIFAR-10 examples do);
+            ``None``: no clipping.
         data_size: the batch size (examples the loss averages over); required to step.
     """
 
     def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=0.0, damping=1e-3,
-                 curvature_interval=1, data_size=None):
+                 curvature_interval=1, max_grad_norm=None, data_size=None):
         if not isinstance(model, torch.nn.Module):
             raise ArgumentError("model", f"K-FAC needs the model (a torch.nn.Module), got "
                                          f"{type(model).__name__}")
@@ -91,11 +100,13 @@ class KFAC(torch.optim.SGD):
         real("weight_decay", weight_decay, 0.0)
         real("damping", damping, 0.0, low_open=True)
         integer("curvature_interval", curvature_interval, 1)
+        if max_grad_norm is not None:
+            real("max_grad_norm", max_grad_norm, 0.0, low_open=True)
         if data_size is not None:
             integer("data_size", data_size, 1)
         super().__init__(model.parameters(), lr=lr, momentum=momentum,
                          weight_decay=weight_decay)
-        self.model, self.data_size = model, data_size
+        self.model, self.data_size, self.max_grad_norm = model, data_size, max_grad_norm
         config = PreconditioningConfig(
             data_size=-1 if data_size is None else data_size, damping=damping,
             curvature_upd_interval=curvature_interval,
@@ -133,15 +144,24 @@ class KFAC(torch.optim.SGD):
             with torch.enable_grad(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Using a non-full backward hook")  # ASDL's
                 (logits, _), loss = self.maker.forward_and_backward()
-        except (ValueError, RuntimeError):  # sampling or Cholesky on non-finite logits
+        except (ValueError, RuntimeError) as error:  # sampling or Cholesky
             if "logits" in caught and not bool(torch.isfinite(caught["logits"]).all()):
                 return torch.tensor(math.nan)  # parameters untouched: the trainer undoes it
+            if isinstance(error, torch.linalg.LinAlgError):
+                reason = str(error).splitlines()[0].rstrip(".")
+                raise NonFiniteStepError(
+                    f"K-FAC: a damped Kronecker factor is not positive definite in the working "
+                    f"precision ({reason}); the parameters are unchanged and the run stops (a "
+                    "smaller lr, a larger damping or max_grad_norm keeps the factors in range)"
+                ) from error
             raise
         finally:
             hook.remove()
         if logits.shape[0] != self.data_size:
             raise ArgumentError("data_size", f"is {self.data_size}, but the batch has "
                                              f"{logits.shape[0]} examples")
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         super().step()
         return loss.detach()
 

@@ -39,15 +39,18 @@ SETTINGS = {
     "lbfgs": dict(lr=0.5, max_iter=4),
     "lbfgs_wolfe": dict(lr=1.0, max_iter=4, line_search_fn="strong_wolfe"),
     "kfac": dict(lr=0.1, momentum=0.9, damping=1e-3, curvature_interval=2),
+    "kfac_clipped": dict(lr=0.1, momentum=0.9, damping=1e-3, curvature_interval=2,
+                         max_grad_norm=0.5),  # ASDL's CIFAR-10 examples clip (to norm 1)
 }
 KINDS = list(SETTINGS)
 LIBRARY = {"adahessian": pytorch_optimizer.AdaHessian, "sophia_h": pytorch_optimizer.SophiaH,
-           "lbfgs": torch.optim.LBFGS, "lbfgs_wolfe": torch.optim.LBFGS, "kfac": torch.optim.SGD}
+           "lbfgs": torch.optim.LBFGS, "lbfgs_wolfe": torch.optim.LBFGS, "kfac": torch.optim.SGD,
+           "kfac_clipped": torch.optim.SGD}
 BATCH, HIDDEN, STEPS = 200, 6, 7
 
 
 def key(kind):
-    return "lbfgs" if kind == "lbfgs_wolfe" else kind
+    return {"lbfgs_wolfe": "lbfgs", "kfac_clipped": "kfac"}.get(kind, kind)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +65,8 @@ def fresh_model(seed=0):
 
 def make_trainer(digits, kind, seed=0, loss_fn=F.cross_entropy):
     model = fresh_model(seed)
-    if kind == "kfac":
-        optimizer = OPTIMIZERS[kind](model, **SETTINGS[kind], data_size=BATCH)
+    if key(kind) == "kfac":
+        optimizer = OPTIMIZERS["kfac"](model, **SETTINGS[kind], data_size=BATCH)
     else:
         optimizer = OPTIMIZERS[key(kind)](model.parameters(), **SETTINGS[kind])
     return Trainer(model, optimizer, digits, BATCH, seed, loss_fn=loss_fn)
@@ -73,12 +76,13 @@ def by_hand(digits, kind, steps):
     """The library's optimiser as its documentation drives it, on the trainer's batches:
     ``loss.backward(create_graph=True); optimizer.step(); optimizer.zero_grad()`` for
     pytorch-optimizer's Hutchinson optimisers, ``optimizer.step(closure)`` for L-BFGS, ASDL's
-    ``setup_model_call``, ``setup_loss_call``, ``forward_and_backward`` then SGD for K-FAC.
-    Returns the model and the gradients per step."""
+    ``setup_model_call``, ``setup_loss_call``, ``forward_and_backward``, (as ASDL's CIFAR-10
+    example) ``clip_grad_norm_``, then SGD for K-FAC. Returns the model and the gradients per
+    step."""
     model = fresh_model()
     settings = dict(SETTINGS[kind])
-    if kind == "kfac":
-        interval = settings.pop("curvature_interval")
+    if key(kind) == "kfac":
+        interval, clip = settings.pop("curvature_interval"), settings.pop("max_grad_norm", None)
         maker = KfacGradientMaker(model, PreconditioningConfig(
             data_size=BATCH, damping=settings.pop("damping"), curvature_upd_interval=interval,
             preconditioner_upd_interval=interval), fisher_type=FISHER_MC)
@@ -87,11 +91,13 @@ def by_hand(digits, kind, steps):
     evaluations = []
     for step in range(steps):
         x, y = batches[step]
-        if kind == "kfac":
+        if key(kind) == "kfac":
             optimizer.zero_grad()
             dummy_y = maker.setup_model_call(model, x)
             maker.setup_loss_call(F.cross_entropy, dummy_y, y)
             maker.forward_and_backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             evaluations.append(2 if step % interval == 0 else 1)  # + the Fisher's backward
         elif kind in ("adahessian", "sophia_h"):
@@ -128,7 +134,7 @@ def test_the_trainer_equals_the_library_driven_by_hand(digits, kind):
     # preconditionings (every step)
     assert records[-1]["gradients"] == sum(evaluations)
     expected_hvps = {"adahessian": STEPS, "sophia_h": 3}.get(kind, 0)  # Sophia: steps 1, 4, 7
-    factor_updates, preconditionings = (4, STEPS) if kind == "kfac" else (0, 0)
+    factor_updates, preconditionings = (4, STEPS) if key(kind) == "kfac" else (0, 0)
     assert records[-1]["hvps"] == expected_hvps
     assert (records[-1]["factor_updates"], records[-1]["preconditionings"]) == (
         factor_updates, preconditionings)
@@ -201,6 +207,7 @@ BAD = [
     (3, "damping", 0.0),
     (3, "ema_decay", 0.5),  # not offered (ASDL's moving average needs CUDA's NVTX)
     (3, "curvature_interval", 0),
+    (3, "max_grad_norm", 0.0),
     (3, "data_size", 10),  # set by the builder (the batch size), not by a config
 ]
 
@@ -308,3 +315,24 @@ def test_kfac_resumes_exactly_on_convolutions_with_batchnorm():
         assert torch.equal(p, q)
     with pytest.raises(ArgumentError, match="data_size"):  # a batch of another size
         restored.step(lambda: F.cross_entropy(again(x[:4]), y[:4]))
+
+
+def test_kfacs_clipping_acts_and_a_failed_cholesky_stops_the_run(digits, monkeypatch):
+    """max_grad_norm changes the run (the preconditioned gradient is longer than 0.5 here); a
+    damped factor that Cholesky refuses (as in a run whose factors blew up) stops the run with
+    NonFiniteStepError, the parameters as before the step."""
+    clipped, plain = (make_trainer(digits, kind) for kind in ("kfac_clipped", "kfac"))
+    for trainer in (clipped, plain):
+        trainer.run(2, eval_every=2, progress=False)
+    assert not all(torch.equal(p, q) for p, q in zip(clipped.model.parameters(),
+                                                     plain.model.parameters()))
+
+    def refuse(matrix, damping):
+        raise torch.linalg.LinAlgError("linalg.cholesky: the input is not positive-definite.")
+
+    monkeypatch.setattr("asdl.operations.operation.cholesky_inv", refuse)
+    before = [p.detach().clone() for p in plain.model.parameters()]
+    with pytest.raises(NonFiniteStepError, match="not positive definite .* parameters are "
+                                                 "unchanged and the run stops"):
+        plain.train_step()  # step 3: a curvature step (interval 2)
+    assert all(torch.equal(p, q) for p, q in zip(plain.model.parameters(), before))

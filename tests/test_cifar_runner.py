@@ -195,8 +195,10 @@ def test_paper_and_quick_configs_hold_the_published_settings():
                 for spec in paper.optimizers}
     assert settings == {spec.name: (spec.type, spec.batch_size, spec.hyperparameters)
                         for spec in quick.optimizers}
-    adaptive, default_rule, unadaptive, sgd, adam = (settings[name][2] for name in settings)
-    assert [settings[name][1] for name in settings] == [3200, 3200, 3200, 3200, 800]
+    adaptive, default_rule, unadaptive, sgd, adam, *others = (settings[name][2]
+                                                              for name in settings)
+    assert [settings[name][1] for name in settings] == [3200, 3200, 3200, 3200, 800,
+                                                        256, 256, 3200, 512]
     assert list(settings)[:3] == ["SeriesSFN adaptive, paper's V rule", "SeriesSFN adaptive",
                                   "SeriesSFN damped unadaptive, paper's V rule"]
     assert adaptive == dict(num_terms=5, acceleration_order=2, damping=1.0366e-4, adaptive=True,
@@ -209,6 +211,13 @@ def test_paper_and_quick_configs_hold_the_published_settings():
                               damping_min=1e-8)
     assert sgd == dict(lr=4.1140e-3)
     assert adam == dict(lr=7.7037e-5, eps=3.6138e-4, betas=(0.99734, 0.99990))
+    # the optimisers a user would pick instead, as their authors' or libraries' CIFAR-10 runs
+    assert others == [dict(lr=0.15, betas=(0.9, 0.999), weight_decay=5e-4, eps=1e-4,
+                           hessian_power=1.0),  # AdaHessian's reference code
+                      dict(lr=0.06, p=0.01, update_period=10),  # pytorch-optimizer's SophiaH
+                      dict(lr=1.0, max_iter=5, line_search_fn="strong_wolfe"),  # torch docs
+                      dict(lr=0.3, momentum=0.9, weight_decay=5e-4, damping=1e-3,
+                           curvature_interval=10, max_grad_norm=1.0)]  # ASDL's ResNet-18
     assert paper.num_steps(paper.optimizers[0]) == 72 * (45_000 // 3200)
 
 
