@@ -24,7 +24,8 @@
 # measure how long each optimiser stays there: gradient descent, momentum, Adam, Newton,
 # exact saddle-free Newton (SFN) and the series (`SeriesSFN`, whose scale $V$ follows
 # $\lambda_{\max}$). Then a **negative control**: a well-initialised network, where the
-# saddle-free step buys nothing.
+# saddle-free step buys nothing. Last, every optimiser a user might pick instead — AdaHessian,
+# Sophia-H, L-BFGS and K-FAC among them — **tuned by ASHA on the same budget** on a plateau.
 #
 # **Learning objectives.** After this notebook you can
 #
@@ -35,7 +36,10 @@
 #    steps, gradient-equivalents and seconds — and read the median and range;
 # 3. see Newton's method walk *into* the saddle, and say why;
 # 4. weigh the step counts against the cost per step, and recognise when saddle-free steps
-#    buy nothing (the negative control), and how Adam fares.
+#    buy nothing (the negative control), and how Adam fares;
+# 5. read a tuned, equal-budget comparison of eight optimisers on a plateau against steps,
+#    seconds and per-example gradient-equivalents, and explain its order with the series'
+#    filter (notebook 03).
 
 # %% tags=["parameters"]
 import os
@@ -50,12 +54,15 @@ SCALES = (0.1, 0.03, 0.01) if FAST else (0.3, 0.1, 0.03, 0.01, 0.003)  # section
 TANH_SEEDS = SEEDS[:3] if FAST else SEEDS  # section 4
 TANH_SIZES, TANH_SCALE = (8, 5, 5, 10), 0.1  # section 5: a small-init tanh MLP on the digits
 CONTROL_BUDGET = 300 if FAST else 1000  # section 5: gradient-equivalents per run
+TUNED = "../benchmarks/results/plateau_tune.json"  # section 6: the kept tuning (read, not run)
+FIRST_STEPS = 50  # section 6: steps of the tuned series from the plateau, a record each
 
 # %%
 import sfn_teach.cpu  # first, before torch starts: how its CPU threads wait
 
 import io
 import math
+import tempfile
 import warnings
 
 import ipywidgets as widgets
@@ -64,8 +71,11 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from sfn_teach import plateaus
+from sfn_teach import plateau_tuning, plateaus
+from sfn_teach.bench import load_tuning_archive
 from sfn_teach.optim import ExactSFN, Newton, SeriesSFN
+from sfn_teach.plots import plot_filter_on_spectrum
+from sfn_teach.series import spectral_filter
 from sfn_teach.train import CostModel
 from sfn_teach.widget_parts import one_at_a_time
 
@@ -457,6 +467,191 @@ assert max(final["momentum"]) < min(final["series SFN"])  # the series buys noth
 # gradient descent is stuck.
 
 # %% [markdown]
+# ## 6. Every optimiser tuned on the same budget
+#
+# The settings so far were chosen by hand. A fair comparison tunes **every** optimiser on the
+# task itself with the **same budget** (notebook 04, section 8): ASHA draws 16 configurations
+# of each from its search space and gives each at most 3 s of training time, stopping the
+# poor ones early at rungs of 0.25, 0.75 and 2.25 s; the best configuration of each is then
+# re-run over five fresh seeds under the same 3 s cap. The optimisers are those a user would
+# pick instead of the series — SGD, Adam, AdaHessian and Sophia-H (a Hutchinson estimate of
+# the Hessian's diagonal), L-BFGS and K-FAC (a Kronecker-factored Fisher) — beside the
+# adaptive and the unadaptive series; each search space names its source in the config.
+#
+# The plateau is the one of section 4 at the size of notebook 04: the digits' 64 pixels, a
+# tanh MLP 64–16–16–10 (1,482 parameters), every parameter $a_0 = 0.01$ times PyTorch's
+# default initialisation (`MLP(..., init_scale=0.01)`). From there SGD at $\eta = 0.1$ keeps
+# the loss at $\log 10$ for about 2,700 steps. *Escape* is now the first evaluation with a
+# validation loss below $(\log 10)/2$, every 20 steps. The tuning takes about ten minutes on
+# two cores, longer than this notebook may, so it runs from the shell and its results are
+# kept in one small file, which this section reads:
+#
+# ```
+# python -m sfn_teach.bench tune benchmarks/plateau_tune.toml
+# cp runs/plateau_tune-tune/tuning.json benchmarks/results/plateau_tune.json
+# ```
+#
+# Times depend on the machine and its load, so a re-run gives other numbers; the reading
+# below checks its claims against the file it reads. The kept file's trials ran one at a time
+# at a load average of about 2 on the two cores; its re-runs at 4–5, while other jobs shared
+# them, so their times are several times an idle machine's (an SGD step took 2.3 ms, against
+# 0.4 ms alone): read the seconds as ratios between the optimisers more than as durations.
+
+# %%
+tuning = load_tuning_archive(TUNED)
+print(f"budget of every optimiser: {tuning.settings.budget()}")
+print(f"measured on: {tuning.machine}")
+display(Markdown(tuning.table))
+
+# %% [markdown]
+# The best configuration of each, re-run over five fresh seeds: the validation loss against
+# steps, seconds of training and per-example gradient-equivalents (median and range over the
+# seeds; dotted: $\log 10$, the plateau; dashed: the escape), and the table of the runner
+# (its "time to val loss ≤ 1.1513" is the escape):
+
+# %%
+rerun = tuning.rerun
+plateau_tuning.plot_escape(tuning)
+
+# %%
+display(Markdown(rerun.table))
+tuned = {row["optimizer"]: row for row in rerun.summary}
+escapes = plateau_tuning.escape_steps(rerun.records, rerun.config.target_loss)
+
+
+def median(name, what):
+    """The median over seeds of a column of the table (``"steps"``: the escape step)."""
+    return float(np.median(escapes[name])) if what == "steps" else tuned[name][what]["median"]
+
+
+ORDERS = {"steps to escape": "steps", "seconds to escape": "time_to_target",
+          "per-example gradient-equivalents to escape": "example_grad_equivalents_to_target",
+          "final test loss": "test_loss"}
+order = {what: sorted(tuned, key=lambda name: median(name, what)) for what in ORDERS.values()}
+for title, what in ORDERS.items():
+    print(f"{title}: " + ", ".join(f"{name} {median(name, what):.3g}" for name in order[what]))
+
+# %% [markdown]
+# What does the series see on the plateau? Its tuned configuration, run for a few steps from
+# the plateau with a record after every step: $\hat\lambda_{\max}$ (the Ritz estimate of
+# $\max|h|$), the scale $V$ that follows it, the edge of the filter's flat part
+# $\tfrac12\sqrt{\pi V/K}$ and its height there $\varphi_K(0) \approx 2\sqrt{K/(\pi V)}$, the
+# damping $\lambda$ and the step size $\alpha$:
+
+# %%
+best = tuning.best["SeriesSFN adaptive"]["params"]
+with tempfile.TemporaryDirectory() as folder:
+    first = plateau_tuning.series_steps(tuning, "SeriesSFN adaptive", FIRST_STEPS, folder)
+K = best["num_terms"]
+print(f"the tuned adaptive series: K = {K}, r = {best['acceleration_order']}, "
+      f"λ₀ = {best['damping']:.2g}; its first steps from the plateau (seed "
+      f"{first[0]['seed']}):")
+print(" step  val loss   λ̂_max      V      ½√(πV/K)  2√(K/(πV))    λ        α")
+for r in first[1::5]:
+    print(f"{r['step']:5d}  {r['val_loss']:8.4f}  {r['lambda_max']:8.3g}  {r['scale']:8.3g}  "
+          f"{r['implicit_damping']:8.3g}  {1 / r['implicit_damping']:8.3g}  "
+          f"{r['damping']:8.2g}  {r['alpha']:6.3g}")
+# on the plateau: the steps before the loss first falls 5 % below log 10
+left = next((i for i, r in enumerate(first) if r["val_loss"] < 0.95 * math.log(10)), len(first))
+plateau = first[1:left]
+gain = [1 / r["implicit_damping"] for r in plateau]
+print(f"on the plateau (steps 1–{left - 1}): λ̂_max "
+      f"{min(r['lambda_max'] for r in plateau):.2g}–{max(r['lambda_max'] for r in plateau):.2g},"
+      f" V {min(r['scale'] for r in plateau):.2g}–{max(r['scale'] for r in plateau):.2g}, "
+      f"flat part of the filter at 2√(K/(πV)) = {min(gain):.3g}–{max(gain):.3g} (median "
+      f"{np.median(gain):.3g})")
+
+# %% [markdown]
+# And the spectrum the filter acts on: the exact Hessian at the start (the same seed, on the
+# first 100 training images, a batch), with the filter of the first step over it:
+
+# %%
+gradient, eigenvalues = plateau_tuning.start_curvature(rerun.config, first[0]["seed"])
+start = first[1]  # V and λ of the first step
+edge = start["implicit_damping"]
+fig, ax = plot_filter_on_spectrum(eigenvalues, K, [start["scale"]], damping=start["damping"])
+ax.set_title(f"at the start: the filter of the first step (λ = {start['damping']:.2g})",
+             fontsize="medium")
+display(fig)
+above = eigenvalues[eigenvalues.abs() > edge]
+print(f"{len(eigenvalues)} eigenvalues: the 9 largest {float(eigenvalues[-9]):.4f}–"
+      f"{float(eigenvalues[-1]):.4f}; index {plateaus.index_of(eigenvalues):.2f} (most negative "
+      f"{float(eigenvalues[0]):.4f}); |h| above the flat part's edge ½√(πV/K) = {edge:.3f}: "
+      f"{len(above)} ({int((above < 0).sum())} negative), below it {len(eigenvalues) - len(above)}")
+phi = spectral_filter(torch.tensor([float(eigenvalues[0]), 0.0]), K, start["scale"],
+                      start["damping"])
+print(f"the filter there: φ_K = {float(phi[0]):.3g} at the most negative h (the target "
+      f"1/(|h| + λ) = {1 / (abs(float(eigenvalues[0])) + start['damping']):.3g}), "
+      f"φ_K(0) = {float(phi[1]):.3g} in the flat part")
+adam = tuning.best["Adam"]["params"]
+print(f"|g_i| at the start: median {float(gradient.abs().median()):.1e}, 99th percentile "
+      f"{float(gradient.abs().quantile(0.99)):.1e}, largest {float(gradient.abs().max()):.1e}; "
+      f"the tuned Adam's ε = {adam['eps']:.2g}, α/ε = {adam['lr'] / adam['eps']:.3g}")
+
+# %% [markdown]
+# **Reading the tuned table**, in the filter language of notebook 03. A series step multiplies
+# the component of $g$ along each eigenvector of $H$ by $\varphi_K(h)$, which is
+# $\approx 1/(|h| + \lambda)$ only in a band: for $h^2 \le 2V$ (where the series converges)
+# and above $|h| \approx \tfrac12\sqrt{\pi V/K}$; below that edge the filter is flat at
+# $\varphi_K(0) \approx 2\sqrt{K/(\pi V)}$, so there the step is gradient descent with that
+# learning rate.
+#
+# *Where the series wins: steps.* On the plateau the whole spectrum is small (the figure).
+# Nine eigenvalues sit at $0.100$: the output biases, whose Hessian at uniform predictions is
+# $\operatorname{diag}(p) - pp^\top$ with $p = 1/10$. Sixteen pairs $\pm 0.062$ couple the
+# last layer to the second hidden one through the residual $p - y$ — the saddle's ways out,
+# the largest of its negative eigenvalues (index 0.18). The other 1,441 have
+# $|h| < 0.032$. Over its first twenty steps the series' Ritz values find
+# $\hat\lambda_{\max} \approx 0.1$–$0.2$, so $V$ follows it down to $\approx 0.016$–$0.03$
+# (both grow in the last few steps before the loss falls), and the edge of the flat part,
+# $\tfrac12\sqrt{\pi V/K} = 0.032$ at the first step, falls just below the saddle's pairs.
+# So the filter gives each negative direction a Newton-sized step $1/(|h| + \lambda) \approx
+# 11$ times its gradient component, *downhill* (the absolute value: Newton would step back
+# towards the saddle), and everything below the edge — the first layers, whose gradients are
+# $O(a_0^2)$ — gradient descent with the learning rate $\varphi_K(0) \approx 17$ (at most
+# $2\sqrt{K/(\pi V)}$, about 21 over the plateau as $\lambda$ shrinks: the printout above).
+# Against the largest $\eta = 0.1$ of SGD's range that is well over a hundred times the step. So both series leave the
+# plateau within a few dozen steps (the escape steps printed above), among the fewest of all,
+# while the tuned SGD ($\eta = 0.047$, the best of its 16 samples) stays at $\log 10$ for all
+# of its steps. ($\varphi_K$ is the plain truncated series; the tuned $r = 3$ steps of Wynn's
+# ε-algorithm act on the partial sums, not eigenvalue by eigenvalue.)
+#
+# *Where it does not: seconds and work.* A step costs $1 + 2(K-1)\,c_{\mathrm{HVP}}$
+# gradients (45 at the tuned $K = 12$), so per example the two series need the most work of
+# all the optimisers that escape — over 10× Adam's — and they are the slowest in seconds.
+# Adam divides each coordinate by $\sqrt{v} + \varepsilon$; its tuned $\varepsilon = 1.4 \cdot
+# 10^{-3}$ is larger than 99 % of the gradient's components on the plateau (printed above), so
+# there Adam *is* gradient descent with the learning rate $\alpha/\varepsilon \approx 9$ —
+# the series' flat filter, at one gradient a step. K-FAC inverts a damped Kronecker-factored
+# Fisher whose factors are small on the plateau, the same effect at a few gradients a step;
+# L-BFGS learns the small curvature from its gradient differences. They buy the large step
+# along the flat directions that the series gets from the flat part of its filter, for a
+# fraction of the work. After the escape the series is not the best either:
+# K-FAC ends with the lowest test loss, and the series' steps, sized by the small
+# $\hat\lambda_{\max}$ of the plateau, overshoot as the spectrum grows when the network
+# leaves it.
+
+# %%
+# the claims of the reading, checked against the file it reads and the run above
+series = ("SeriesSFN adaptive", "SeriesSFN unadaptive")
+escaped = [name for name in tuned if tuned[name]["reached"] == tuned[name]["seeds"]]
+by_work = sorted(escaped, key=lambda name: median(name, "example_grad_equivalents_to_target"))
+by_time = sorted(escaped, key=lambda name: median(name, "time_to_target"))
+work_ratio = min(median(name, "example_grad_equivalents_to_target") for name in series) / \
+    median("Adam", "example_grad_equivalents_to_target")
+print(f"a series step at K = {K}: 1 + 2(K − 1) c_HVP = {COST(1, 2 * (K - 1), 0):.0f} gradients "
+      f"(and the adaptive α, μ and λ); per-example work to escape, series / Adam ≥ "
+      f"{work_ratio:.1f}×")
+assert np.median(gain) > 100 * 0.1  # the flat part: over 100× SGD's largest learning rate
+assert all(order["steps"].index(name) < len(order["steps"]) // 2 for name in series)
+assert tuned["SGD"]["reached"] == 0 and escaped == [n for n in tuned if n != "SGD"]
+assert set(by_work[-2:]) == set(series) and set(by_time[-2:]) == set(series)
+assert work_ratio > 5
+assert order["test_loss"][0] == "K-FAC"
+assert adam["eps"] > float(gradient.abs().quantile(0.99)) and adam["lr"] / adam["eps"] > 5
+assert int((above < 0).sum()) == 16 and abs(float(phi[0]) - 10.8) < 0.1
+
+# %% [markdown]
 # ## Exercises
 #
 # **Exercise 1.** Write `my_gradients(weights, teacher)`: the list of $\partial L/\partial
@@ -502,5 +697,11 @@ plateaus.check_exact_sfn_cost(4 * 36, 2.0, my_cost)
 #   the cost ratio of its steps (depth 4, small $a_0$); at depth 3, $a_0 = 0.01$ it does not.
 # * Negative control: with a default initialisation there is no plateau and the series buys
 #   nothing over momentum per gradient-equivalent.
+# * Tuned by ASHA on the same budget (16 samples × 3 s each, five re-run seeds), on the
+#   plateau of a 64–16–16–10 tanh MLP: the series leaves it in among the fewest steps —
+#   its filter is flat at $2\sqrt{K/(\pi V)}$ over the small $|h|$, a learning rate over a
+#   hundred times SGD's — and tuned SGD never leaves it in 3 s; but Adam, K-FAC and L-BFGS
+#   rescale the flat directions too, at a few gradients a step, and escape with several
+#   times less work per example and in less time.
 #
 # Next: **06 · ResNet-18 on CIFAR-10** — the paper's headline experiment, on a GPU.

@@ -36,6 +36,7 @@ the method imports nothing from the other two). Modules, each with one job:
 - :mod:`sfn_teach.benchmark_panel`: the panel that configures, runs and shows a benchmark;
 - :mod:`sfn_teach.exercises`: checks of the notebooks' exercises, with hints;
 - :mod:`sfn_teach.plateaus`: plateaus of small networks near the saddle at the origin;
+- :mod:`sfn_teach.plateau_tuning`: every optimiser tuned on a plateau, measured at the escape;
 
 **The experiments**
 

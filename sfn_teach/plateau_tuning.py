@@ -16,6 +16,8 @@ notebook reads. Measured on the re-runs' records (one per evaluation):
 - :func:`plot_escape`: the loss against steps, seconds of training and per-example
   gradient-equivalents (median and range over seeds), the plateau's level ``log C`` and the
   target drawn;
+- :func:`start_curvature`: the gradient and the exact Hessian's eigenvalues at the start,
+  what the series' filter acts on;
 - :func:`series_steps`: a short run of a tuned optimiser from the plateau with a record at
   every step, for what the series sees there (``λ̂_max``, ``V``, ``½√(πV/K)``, ``λ``, ``α``).
 """
@@ -25,14 +27,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from .bench import plot_curves, run_benchmark
+from .bench import build_model, load_dataset, plot_curves, run_benchmark
 from .bench.tune import tuned_raw
 from .checks import integer
 from .data import DATASETS
+from .plateaus import flat_hessian
+from .train import seed_everything
 
-__all__ = ["XS", "escape_steps", "plot_escape", "series_steps"]
+__all__ = ["XS", "escape_steps", "plot_escape", "series_steps", "start_curvature"]
 
 XS = ("step", "wall_clock", "example_grad_equivalents")
 """The x axes of the comparison: steps, seconds of training, per-example gradient-equivalents."""
@@ -76,6 +82,21 @@ def plot_escape(result, y: str = "val_loss", xs=XS) -> Figure:
                              f"{config.target_split} loss {config.target_loss:g} (escaped)",
                              fontsize="small", loc="left")
     return figure
+
+
+def start_curvature(config, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, h)`` at the start ``θ₀`` of the benchmark ``config``'s run with ``seed`` (the
+    runner's model: every generator seeded with ``seed``, then the model built), for the
+    cross-entropy on the first ``train.batch_size`` training examples: the gradient ``g`` as
+    one flat vector and the eigenvalues ``h`` (ascending) of the exact Hessian ``∇²L(θ₀)``
+    (``eigvalsh`` of :func:`sfn_teach.plateaus.flat_hessian`)."""
+    seed_everything(seed)
+    model = build_model(config)
+    inputs, targets = next(load_dataset(config, progress=False).train.chunks(config.batch_size))
+    loss = F.cross_entropy(model(inputs), targets)
+    gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, model.parameters())])
+    hessian = flat_hessian(model, F.cross_entropy, inputs, targets)
+    return gradient, torch.linalg.eigvalsh(hessian)
 
 
 def series_steps(result, name: str, steps: int, out_dir, seed: int | None = None) -> list:
