@@ -202,14 +202,16 @@ def _epsilon_table(column, scratch, order, sablonniere):
     ``addcdiv`` (a division, a product with ``σ_s`` and a sum if ``σ_s ≠ 1``): the formula's
     roundings, without a temporary."""
     *odd, difference = scratch
-    before, current = [column[0].new_zeros(())] * len(column), column  # ε_{−1}, ε_0
+    before, current = None, column  # ε_{−1} = 0, ε_0
     for s in range(1, 2 * order + 1):
         sigma = (s // 2 + 1) if sablonniere else 1
         target = odd if s % 2 else column
         for m in range(len(current) - 1):
             torch.sub(current[m + 1], current[m], out=difference)
             squared_norm = torch.dot(difference, difference)
-            if sigma == 1:
+            if before is None:  # 0 + w/(wᵀw), σ_1 = 1 (+ 0.0 turns −0 into +0, as 0 + x does)
+                torch.div(difference, squared_norm, out=target[m]).add_(0.0)
+            elif sigma == 1:
                 torch.addcdiv(before[m + 1], difference, squared_norm, out=target[m])
             else:
                 torch.div(difference, squared_norm, out=difference).mul_(sigma)
@@ -349,11 +351,10 @@ def sfn_series(
     on the device until the end, so a GPU gets the products back to back.
 
     ``stop_if_diverging=True`` is the exception: it checks each term as it comes (one host
-    synchronisation per term: ``‖v_k‖ > (1 + GROWTH_TOLERANCE)‖v_{k−1}‖`` in ``g``'s dtype)
-    and stops at the first that grows, since whether to spend the next two products depends on
-    it. ``diverging`` is then set, ``direction`` is the partial sum so far (not to be used), and
-    ``num_hvps``, the moments and ``ritz_values`` cover the terms computed. A caller that will
-    retry with a larger ``V`` wastes no products that way.
+    synchronisation per term: ``‖v_k‖ > (1 + GROWTH_TOLERANCE)‖v_{k−1}‖`` in ``g``'s dtype),
+    since whether to spend the next two products depends on it, and stops at the first that
+    grows: ``diverging`` is set, ``direction`` is the partial sum so far (not to be used), and
+    ``num_hvps``, the moments and ``ritz_values`` cover the terms computed (no product wasted).
     """
     num_terms = integer("num_terms", num_terms, 1)
     scale = real("scale", scale, 0.0, low_open=True)
