@@ -171,8 +171,7 @@ def wynn_epsilon(
     with the Samelson inverse ``w⁻¹ = w/(wᵀw)``; the result is ``ε_{2r}^{(0)}``. ``σ_s = 1``
     is the plain algorithm (as in the published runs); ``sablonniere=True`` uses
     ``σ_s = ⌊s/2⌋ + 1``, Sablonnière's modification for logarithmically convergent sequences.
-    Order 0 returns (a copy of) the last partial sum. For a sequence ``S + a qⁿ`` order 1 is
-    exact. The inputs are not modified.
+    Order 0 copies the last partial sum (inputs stay unchanged); order 1 is exact for ``S + a qⁿ``.
 
     The result is not finite when two neighbouring entries of a column coincide (the
     sequence has already converged); :func:`sfn_series` then falls back to the plain sum.
