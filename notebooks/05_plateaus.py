@@ -493,9 +493,9 @@ assert max(final["momentum"]) < min(final["series SFN"])  # the series buys noth
 #
 # Times depend on the machine and its load, so a re-run gives other numbers; the reading
 # below checks its claims against the file it reads. The kept file's trials ran one at a time
-# at a load average of about 2 on the two cores; its re-runs at 4–5, while other jobs shared
-# them, so their times are several times an idle machine's (an SGD step took 2.3 ms, against
-# 0.4 ms alone): read the seconds as ratios between the optimisers more than as durations.
+# at a load average of about 2 on the two cores (Ray's own processes beside them), its re-runs
+# with one thread at 1–2.7 as other jobs started: an SGD step took 0.5–0.7 ms there, against
+# 0.4 ms on an idle machine.
 
 # %%
 tuning = load_tuning_archive(TUNED)
@@ -613,7 +613,7 @@ print(f"|g_i| at the start: median {float(gradient.abs().median()):.1e}, 99th pe
 # Against the largest $\eta = 0.1$ of SGD's range that is well over a hundred times the step. So both series leave the
 # plateau within a few dozen steps (the escape steps printed above), among the fewest of all,
 # while the tuned SGD ($\eta = 0.047$, the best of its 16 samples) stays at $\log 10$ for all
-# of its steps. ($\varphi_K$ is the plain truncated series; the tuned $r = 3$ steps of Wynn's
+# of its 4,200–6,200 steps. ($\varphi_K$ is the plain truncated series; the tuned $r = 3$ steps of Wynn's
 # ε-algorithm act on the partial sums, not eigenvalue by eigenvalue.)
 #
 # *Where it does not: seconds and work.* A step costs $1 + 2(K-1)\,c_{\mathrm{HVP}}$
@@ -626,10 +626,15 @@ print(f"|g_i| at the start: median {float(gradient.abs().median()):.1e}, 99th pe
 # Fisher whose factors are small on the plateau, the same effect at a few gradients a step;
 # L-BFGS learns the small curvature from its gradient differences. They buy the large step
 # along the flat directions that the series gets from the flat part of its filter, for a
-# fraction of the work. After the escape the series is not the best either:
-# K-FAC ends with the lowest test loss, and the series' steps, sized by the small
-# $\hat\lambda_{\max}$ of the plateau, overshoot as the spectrum grows when the network
-# leaves it.
+# fraction of the work.
+#
+# *After the escape the series does well.* By the final test loss the adaptive series is
+# second only to K-FAC (0.193 against 0.157; the unadaptive series third, 0.244), ahead of
+# Adam (0.358): once off the plateau $\hat\lambda_{\max}$ grows to a few units, $V$ with it
+# (the printout), and the filter is the saddle-free $1/(|h| + \lambda)$ on the top of the
+# spectrum, where a step of the right length matters — K-FAC's Fisher gives it on every
+# direction of a layer. That is a statement about a 3 s budget, in which the series had
+# fewer than 250 steps; its escape, the subject of this notebook, cost it the most.
 
 # %%
 # the claims of the reading, checked against the file it reads and the run above
@@ -647,7 +652,7 @@ assert all(order["steps"].index(name) < len(order["steps"]) // 2 for name in ser
 assert tuned["SGD"]["reached"] == 0 and escaped == [n for n in tuned if n != "SGD"]
 assert set(by_work[-2:]) == set(series) and set(by_time[-2:]) == set(series)
 assert work_ratio > 5
-assert order["test_loss"][0] == "K-FAC"
+assert order["test_loss"][0] == "K-FAC" and set(order["test_loss"][1:3]) == set(series)
 assert adam["eps"] > float(gradient.abs().quantile(0.99)) and adam["lr"] / adam["eps"] > 5
 assert int((above < 0).sum()) == 16 and abs(float(phi[0]) - 10.8) < 0.1
 
@@ -701,7 +706,8 @@ plateaus.check_exact_sfn_cost(4 * 36, 2.0, my_cost)
 #   plateau of a 64–16–16–10 tanh MLP: the series leaves it in among the fewest steps —
 #   its filter is flat at $2\sqrt{K/(\pi V)}$ over the small $|h|$, a learning rate over a
 #   hundred times SGD's — and tuned SGD never leaves it in 3 s; but Adam, K-FAC and L-BFGS
-#   rescale the flat directions too, at a few gradients a step, and escape with several
-#   times less work per example and in less time.
+#   rescale the flat directions too, at a few gradients a step, and escape with over ten
+#   times less work per example and in less time. After the escape the series ends second
+#   and third by test loss, behind K-FAC.
 #
 # Next: **06 · ResNet-18 on CIFAR-10** — the paper's headline experiment, on a GPU.
