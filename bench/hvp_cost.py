@@ -22,6 +22,8 @@ side (variants interleaved within every repeat, warm-up runs excluded, medians r
 Every time is reported as a ratio to the gradient measured in the same run.
 """
 
+import sfn_teach.cpu  # noqa: F401, I001 (first: how torch's CPU threads wait, before torch starts)
+
 import argparse
 import copy
 import os
