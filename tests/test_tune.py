@@ -304,7 +304,12 @@ def test_local_tuning_stops_trials_early_resumes_and_reruns_the_best(tmp_path):
             # a record at the time budget that Ray Tune had not checkpointed when the Ctrl-C
             # came is made again; the step where a clock runs out is not reproducible
             records = records[:-1]
-        assert without_timing(after[folder][: len(records)]) == without_timing(records)
+        resumed = after[folder]
+        if resumed and resumed[-1]["wall_clock"] >= 2.0:
+            # records made after Ray Tune's last checkpoint are made again, on a clock that ran
+            # on under other load: the resumed run may reach the budget before such a step
+            records = [r for r in records if r["step"] < resumed[-1]["step"]]
+        assert without_timing(resumed[: len(records)]) == without_timing(records)
     trials = json.loads((out / "trials.json").read_text())
     assert [sum(t["optimizer"] == spec["name"] for t in trials)
             for spec in TUNING["optimizers"]] == [4, 4, 4]
