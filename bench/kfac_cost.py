@@ -65,7 +65,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads (1, as the digits benchmark runs)")
+                        help="torch.set_num_threads (1: steady ratios on a shared machine, "
+                             "where 2 threads gave inversions 1-50x their time)")
     parser.add_argument("--only", nargs="+", choices=("digits", "smoke", "resnet18", "large"),
                         help="measure only these networks")
     parser.add_argument("--large", action="store_true",
@@ -109,7 +110,8 @@ def problems(names):
             width = config.model["width"]
             found.append((f"ResNet-18 (CIFAR, width {width}, BatchNorm train), batch "
                           f"{spec.batch_size} ({path})", resnet18_cifar(width=width),
-                          *images(spec.batch_size), spec.hyperparameters.get("damping", 1e-3), 1))
+                          *images(spec.batch_size), spec.hyperparameters.get("damping", 1e-3),
+                          5 if width < 16 else 1))
     if "resnet18" in names:
         found.append(("ResNet-18 (CIFAR, width 64, BatchNorm train), batch 32",
                       resnet18_cifar(), *images(32), 1e-3, 1))

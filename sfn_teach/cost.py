@@ -40,13 +40,14 @@ class CostModel:
     the network and the batch (the factor updates grow with the batch like a gradient, the
     inversions do not, so they weigh less at a larger batch); the defaults are measured on
     the digits MLP 64-12-10 (float64, batch 400, 1 thread, the K-FAC row of
-    ``benchmarks/digits_mlp.toml``). A config sets its own (``[cost]``).
+    ``benchmarks/digits_mlp.toml``: 2.1 + 0.68 and 0.12, see :mod:`sfn_teach.kfac`). A config
+    sets its own (``[cost]``).
     """
 
     hvp: float = 2.0
     forward: float = 0.5
-    kfac_curvature: float = 2.7
-    kfac_precondition: float = 0.1
+    kfac_curvature: float = 2.8
+    kfac_precondition: float = 0.12
 
     def __post_init__(self):
         real("hvp", self.hvp, 0.0, low_open=True)

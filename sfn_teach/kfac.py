@@ -40,13 +40,28 @@ two damped Cholesky inversions per layer. The trainer counts the two backward pa
 gradients (the closure's and :data:`FISHER_GRADIENTS`), and weighs the rest by the constants
 of :class:`sfn_teach.cost.CostModel`: ``kfac_curvature`` the factor updates and inversions of
 a curvature step, ``kfac_precondition`` the preconditioning of every step, both measured in
-gradients by ``python bench/kfac_cost.py`` (interleaved repeats, ratios to a gradient of the
-same run; minima under load). On a 2-core AMD EPYC at load ≈ 6, by minima: the digits MLP
-64-12-10 (float64, batch 400, 1 thread) has factor updates ≈ 1.9–2.2 and inversions ≈ 0.65
-gradients (``kfac_curvature`` ≈ 2.6–2.9, the default 2.7), preconditioning ≈ 0.1, and a
-curvature step measures 6.4–7.0 gradients (counted 2 + 2.7 + 0.1 = 4.8: the rest is the
-sampled backward beyond one gradient and ASDL's Python work, which a network this small
-cannot hide), a step without curvature 1.5–1.6 (counted 1.1).
+gradients by ``python bench/kfac_cost.py [--large]`` (interleaved repeats, ratios to a gradient
+of the same run). On a 2-core AMD EPYC, 1 thread, load ≈ 1
+(medians; minima within 0.1 where no range is given):
+
+=============================  =======  ==========  =====  =====  ===========  ===========
+network, batch                 factors  inversions  c_KF   c_P    curvature    other step
+                                                                  step (count) (count)
+=============================  =======  ==========  =====  =====  ===========  ===========
+digits MLP 64-12-10 f64, 400   2.1      0.68        2.8    0.12   6.55 (4.9)   1.62 (1.12)
+ResNet-18 width 4, 30          1.4–1.5  0.23        1.7    0.02   3.63 (3.7)   1.05 (1.02)
+ResNet-18 width 64, 32         3.4      5.0         8.4    0.87   11.1 (11.3)  1.87 (1.87)
+ResNet-18 width 64, 512        2.6      0.23        2.9    0.04   5.0–5.5      1.07–1.10
+                                                                  (4.9)        (1.04)
+=============================  =======  ==========  =====  =====  ===========  ===========
+
+The factor updates grow with the batch like a gradient (for a 3×3 convolution with as many
+input as output channels ``A`` costs about nine times its forward pass), the inversions do
+not; so ``c_KF`` is the config's, not the method's (the digits defaults, ``[cost]`` of the
+CIFAR configs). On the ResNets the count is within 10 % of the clock; on the digits MLP a
+curvature step's sampled backward (1.7 gradients there) and ASDL's Python work, which a
+network this small cannot hide, leave it short by a quarter. Under load two threads gave
+inversions from 1 to 50 times their time: measure with one.
 
 **State.** ASDL keeps the factors on the modules and its own ``state_dict`` holds only a step
 counter; :meth:`KFAC.state_dict` adds what ASDL keeps of every layer's factors (the damped
