@@ -8,7 +8,9 @@ steps ``1, 1 + c, 1 + 2c, …``: ``⌈N/c⌉`` of them, so ``N`` steps cost
 fractions, so every count is exact in float64.
 """
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +139,31 @@ def test_a_config_sets_kfacs_constants_and_its_records_use_them(tmp_path):
         with pytest.raises(ConfigError) as refused:
             validate_config(raw_config({name: value}))
         assert refused.value.field == f"cost.{name}"
+
+
+def kfac_cost_script():
+    """``bench/kfac_cost.py`` as a module."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "kfac_cost.py"
+    spec = importlib.util.spec_from_file_location("kfac_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_measurement_splits_a_step_into_its_parts(capsys):
+    """The parts in gradients from times (binary fractions: exact), and a real run of the
+    script on the digits MLP (one repeat) that prints them."""
+    script = kfac_cost_script()
+    seconds = {script.GRADIENT: 2.0, script.SAMPLED: 3.0, script.FACTORS: 7.0,
+               script.INVERSIONS: 1.0, script.PRECONDITION: 0.5, script.CURVATURE_STEP: 12.0,
+               script.PLAIN_STEP: 2.5}
+    parts = script.parts({name: [value, 2 * value] for name, value in seconds.items()}, min)
+    assert parts == {"forward + backward": 1.0, "sampled backward": 0.5, "factor updates": 2.0,
+                     "inversions": 0.5, "preconditioning": 0.25, "sum of the parts": 4.25,
+                     "curvature step, measured": 6.0, "step without curvature, measured": 1.25,
+                     "kfac_curvature": 2.5, "kfac_precondition": 0.25}
+    script.main(["--only", "digits", "--repeats", "1"])
+    printed = capsys.readouterr().out
+    assert "digits MLP 64-12-10" in printed and "load average" in printed
+    line = next(line for line in printed.splitlines() if line.strip().startswith("kfac_curvature"))
+    assert all(float(value) > 0 for value in line.split()[1:])
