@@ -35,6 +35,7 @@ from .bench import build_model, load_dataset, plot_curves, run_benchmark
 from .bench.tune import tuned_raw
 from .checks import integer
 from .data import DATASETS
+from .hvp import flatten
 from .plateaus import flat_hessian
 from .train import seed_everything
 
@@ -94,7 +95,7 @@ def start_curvature(config, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     model = build_model(config)
     inputs, targets = next(load_dataset(config, progress=False).train.chunks(config.batch_size))
     loss = F.cross_entropy(model(inputs), targets)
-    gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, model.parameters())])
+    gradient = flatten(torch.autograd.grad(loss, model.parameters()))
     hessian = flat_hessian(model, F.cross_entropy, inputs, targets)
     return gradient, torch.linalg.eigvalsh(hessian)
 

@@ -197,9 +197,9 @@ def _epsilon_table(column, scratch, order, sablonniere):
     """``ε_{2r}^{(0)}`` of :func:`wynn_epsilon` from the ``2r + 1`` vectors ``column`` (``ε_0``),
     in place: ``ε_s^{(m)}`` overwrites ``ε_{s−2}^{(m)}``, whose last reader it is (odd columns
     in ``2r`` of the ``2r + 1`` vectors ``scratch``, even ones in ``column``, whose last entry is
-    kept). An entry is ``w`` by a subtraction, ``wᵀw``, and ``ε_{s−2} + w/(wᵀw)`` by one
-    ``addcdiv`` (a division, a product with ``σ_s`` and a sum if ``σ_s ≠ 1``): the formula's
-    roundings, without a temporary."""
+    kept). An entry is ``w`` by a subtraction, ``wᵀw``, then ``ε_{s−2} + σ_s w/(wᵀw)``: for
+    ``s = 1`` (``ε_{−1} = 0``) ``w/(wᵀw) + 0.0``; for ``σ_s = 1`` one ``addcdiv``; else a division,
+    a product with ``σ_s`` and a sum: the formula's roundings, without a temporary."""
     *odd, difference = scratch
     before, current = None, column  # ε_{−1} = 0, ε_0
     for s in range(1, 2 * order + 1):
