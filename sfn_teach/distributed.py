@@ -151,8 +151,8 @@ class RankAveragedOperator(CurvatureOperator):
         """The seconds spent in its all-reduces (waiting for the slowest rank included)."""
         return self._ranks.seconds_reducing
 
-    def _product(self, v: torch.Tensor) -> torch.Tensor:
-        return self.mean(self._operator.matvec(v))
+    def _product(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mean(self._operator.matvec(v, out))
 
 
 CurvatureOptimizer.data_parallel = RankAveragedOperator

@@ -169,8 +169,9 @@ def _gradient(loss, params, create_graph):
     return torch.autograd.grad(loss, params, create_graph=create_graph, materialize_grads=True)
 
 
-def _double_backward(grads, params, v):
-    """``Hv = ∇_θ(gᵀv)`` on the retained graph of ``grads`` (which stays usable afterwards)."""
+def _double_backward(grads, params, v, out=None):
+    """``Hv = ∇_θ(gᵀv)`` on the retained graph of ``grads`` (which stays usable afterwards),
+    concatenated into ``out`` if given (else into a new vector)."""
     pieces = [(g, t) for g, t in zip(grads, unflatten(v, params)) if g.requires_grad]
     if not pieces:  # no gradient depends on θ: the loss is affine and H = 0
         return torch.zeros_like(v)
@@ -178,7 +179,7 @@ def _double_backward(grads, params, v):
     hv = torch.autograd.grad(
         outputs, params, grad_outputs=tangents, retain_graph=True, materialize_grads=True
     )
-    return flatten(hv)
+    return torch.cat([piece.reshape(-1) for piece in hv], out=out)
 
 
 def _tangent(dual):
@@ -216,17 +217,33 @@ class CurvatureOperator(ABC):
         self.num_products = 0
 
     @abstractmethod
-    def _product(self, v):
-        """``Hv`` for a detached flat ``v`` of length ``dim``, of ``grad``'s dtype and device."""
+    def _product(self, v, out=None):
+        """``Hv`` for a detached flat ``v`` of length ``dim``, of ``grad``'s dtype and device;
+        written into ``out`` where the backend can (else :meth:`matvec` copies it there)."""
 
-    def matvec(self, v):
-        """Return the flat product ``Hv`` for a flat ``v`` of length ``dim`` (counted)."""
+    def matvec(self, v, out=None):
+        """Return the flat product ``Hv`` for a flat ``v`` of length ``dim`` (counted).
+
+        ``out``, a flat tensor like ``grad`` other than ``v``, receives ``Hv`` (and is returned)
+        instead of a new vector: a caller that takes many products, like the series, reuses a
+        few such vectors rather than allocating one per product (on a CPU, touching newly
+        allocated memory costs page faults). The values are the same either way.
+        """
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
         if v.shape != (self.dim,):
             raise ValueError(f"v must have shape ({self.dim},), got {tuple(v.shape)}")
+        if out is not None and not (
+            isinstance(out, torch.Tensor) and out.shape == (self.dim,)
+            and out.dtype == self.grad.dtype and out.device == self.grad.device
+        ):
+            raise ValueError(f"out must be a flat tensor of shape ({self.dim},) with grad's "
+                             f"dtype {self.grad.dtype} and device {self.grad.device}")
+        if out is v:
+            raise ValueError("out must not be v: the product reads v while it writes out")
         self.num_products += 1
-        return self._product(v.detach().to(self.grad)).detach()
+        product = self._product(v.detach().to(self.grad), out).detach()
+        return product if out is None or product is out else out.copy_(product)
 
     def __matmul__(self, v):
         """``H @ v`` is :meth:`matvec`."""
@@ -306,11 +323,11 @@ class ParamsHVP(CurvatureOperator):
             self.hessian = dense_hessian(lambda v: _double_backward(grads, params, v), self.grad)
             self._grads = None  # the graph is no longer needed
 
-    def _product(self, v):
+    def _product(self, v, out=None):
         if self.backend == "dense":
             return self.hessian @ v
         if self.backend == "double-backward":
-            return _double_backward(self._grads, self.params, v)
+            return _double_backward(self._grads, self.params, v, out)
         with fwAD.dual_level():
             with torch.no_grad():
                 for p, t in zip(self.params, unflatten(v, self.params)):
@@ -422,9 +439,9 @@ class ModelHVP(CurvatureOperator):
         outputs = torch.func.functional_call(self._model, parameters, (self._inputs,))
         return _check_scalar(self._loss_fn(outputs, self._targets), "loss_fn")
 
-    def _product(self, v):
+    def _product(self, v, out=None):
         if self.backend == "double-backward":
-            return _double_backward(self._grads, self.params, v)
+            return _double_backward(self._grads, self.params, v, out)
         tangents = tuple(unflatten(v, self.params))
         if self.backend == "linearize":
             return flatten(self._linear(tangents)[0])

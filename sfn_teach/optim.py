@@ -24,6 +24,7 @@ pieces are re-exported here: :class:`CurvatureOptimizer`, :class:`StepStats`,
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from abc import abstractmethod
@@ -196,6 +197,12 @@ class SeriesSFN(CurvatureOptimizer):
     def _hvp_backend(self, hp):
         return hp["hvp_backend"]
 
+    def _products(self, operator):
+        """``v ↦ Hv`` into two reused vectors in turn (the series reads each product before the
+        next but one): the products of a step allocate no vector of ``n`` numbers."""
+        buffers, calls = self._workspace.vectors("products", 2, operator.grad), itertools.count()
+        return lambda v: operator.matvec(v, out=buffers[next(calls) % 2])
+
     def _direction(self, operator, state, hp):
         """The series at this step's ``V`` (:func:`sfn_teach.scale.choose_scale`). Under
         ``"ritz"`` a series whose terms grow is stopped there and summed again with a larger
@@ -205,7 +212,7 @@ class SeriesSFN(CurvatureOptimizer):
         while True:
             may_retry = hp["scale_rule"] == "ritz" and retries < MAX_SCALE_RETRIES
             result = sfn_series(
-                operator.matvec, operator.grad, hp["num_terms"], state["scale"],
+                self._products(operator), operator.grad, hp["num_terms"], state["scale"],
                 state["damping"], hp["acceleration_order"], hp["sablonniere"], hp["kind"],
                 square_of_grad=square_of_grad, stop_if_diverging=may_retry,
                 workspace=self._workspace,

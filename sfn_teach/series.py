@@ -346,8 +346,10 @@ def sfn_series(
     float64 ones for the moments of a narrower dtype): the operations of the formulas in
     their order, so the bits of allocating every result. A :class:`~sfn_teach.hvp.Workspace`
     as ``workspace`` keeps them from call to call (an optimiser's does); ``direction`` then
-    lives in it, until the next call. The loop never waits for a value: norms and moments stay
-    on the device until the end, so a GPU gets the products back to back.
+    lives in it, until the next call. ``hvp`` may write a result over the one before the last
+    (each is read before the next call but one; ``square_of_grad`` is kept as a copy). The loop
+    never waits for a value: norms and moments stay on the device, so a GPU gets the products
+    back to back.
 
     ``stop_if_diverging=True`` is the exception: it checks each term as it comes (one host
     synchronisation per term: ``‖v_k‖ > (1 + GROWTH_TOLERANCE)‖v_{k−1}‖`` in ``g``'s dtype),
@@ -391,7 +393,8 @@ def sfn_series(
     computed = 1
     for k in range(1, num_terms):
         square = square_of_grad if k == 1 and square_of_grad is not None else hvp(hvp(term))
-        square_of_grad = square if k == 1 else square_of_grad
+        if k == 1 and square is not square_of_grad:  # kept as a copy: hvp may reuse its memory
+            square_of_grad = space.vectors("series H²g", 1, grad)[0].copy_(square)
         after = terms[k % 2]
         if keep_factor != 1.0:
             term = torch.mul(term, keep_factor, out=after)
@@ -462,13 +465,10 @@ def sfn_direction(
     ``partial_sum_norms``, ``diverging`` and ``acceleration_failed`` (see
     :class:`SeriesResult`); the return value does not change.
     """
-    result = sfn_series(
-        hvp, grad, num_terms, scale, damping, acceleration_order, sablonniere, kind
-    )
+    result = sfn_series(hvp, grad, num_terms, scale, damping, acceleration_order, sablonniere, kind)
     if diagnostics is not None:
         diagnostics.update(
-            num_hvps=result.num_hvps,
-            term_norms=result.term_norms,
+            num_hvps=result.num_hvps, term_norms=result.term_norms,
             partial_sum_norms=result.partial_sum_norms,
             diverging=result.diverging,
             acceleration_failed=result.acceleration_failed,

@@ -262,11 +262,12 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
 
     **Buffers.** The series, the update and the saved ``θ`` of Levenberg–Marquardt damping work
     in flat vectors that the optimiser allocates once and reuses (a
-    :class:`~sfn_teach.hvp.Workspace`): a step allocates no vector of ``n`` numbers besides
-    those the gradient and the products return. They stay allocated between steps: for
-    SeriesSFN with float32 parameters ``4r + 9`` vectors of ``n`` numbers (``r ≥ 1``; 10 for
-    ``r = 0``; four fewer in float64, whose moments need no widened copies; one more with
-    Levenberg–Marquardt damping), e.g. 17 × 45 MB for ResNet-18 at ``K = 5, r = 2``.
+    :class:`~sfn_teach.hvp.Workspace`), and so do SeriesSFN's products (two, in turn): a step
+    allocates no vector of ``n`` numbers besides the gradient. They stay allocated between
+    steps: for SeriesSFN with float32 parameters ``4r + 12`` vectors of ``n`` float32 numbers
+    (``r ≥ 1``; 13 for ``r = 0``; four fewer in float64, whose moments need no widened copies;
+    one more with Levenberg–Marquardt damping), e.g. 20 × 45 MB for ResNet-18 at
+    ``K = 5, r = 2``.
 
     **Data parallelism** (``process_group`` set; docs/method.md §8): the operator of each step
     is this rank's operator wrapped by :attr:`data_parallel`, so that its loss, gradient,

@@ -510,6 +510,48 @@ def test_every_operator_is_a_curvature_operator_with_matmul_and_dense(problem):
         assert op.mean(v) is v and op.bytes_reduced == 0 and op.seconds_reducing == 0, name
 
 
+@pytest.mark.parametrize("problem", ["tanh-mlp", "conv-bn"])
+def test_every_operator_writes_a_product_into_out_with_the_same_bits(problem, monkeypatch):
+    """``matvec(v, out=buffer)`` returns ``buffer`` holding the bits of ``matvec(v)``; the
+    double-backward backends concatenate into it directly (no second vector, no copy)."""
+    model, inputs, targets = PROBLEMS[problem]()
+    concatenated_into = []
+    original_cat = torch.cat
+
+    def recording_cat(tensors, *args, out=None, **kwargs):
+        concatenated_into.append(out)
+        return original_cat(tensors, *args, out=out, **kwargs)
+
+    for op in operators(model, inputs, targets):
+        name = f"{type(op).__name__}/{op.backend}"
+        v, buffer = torch.randn(op.dim), torch.full((op.dim,), float("nan"))
+        allocated = op.matvec(v)
+        monkeypatch.setattr(torch, "cat", recording_cat)
+        concatenated_into.clear()
+        written = op.matvec(v, out=buffer)
+        monkeypatch.setattr(torch, "cat", original_cat)
+        assert written is buffer and torch.equal(buffer.view(torch.int64),
+                                                 allocated.view(torch.int64)), name
+        if op.backend == "double-backward":
+            assert concatenated_into == [buffer], name
+        assert op.num_products == 2, name
+        chained = op.matvec(op.matvec(v, out=buffer), out=torch.empty(op.dim))
+        assert torch.equal(chained, op.matvec(op.matvec(v))), name
+
+
+def test_matvec_refuses_an_out_it_cannot_write():
+    model, inputs, targets = mlp_problem("tanh")
+    op = ModelHVP(model, F.cross_entropy, inputs, targets)
+    v = torch.randn(op.dim)
+    for bad in (torch.empty(op.dim + 1), torch.empty(op.dim, dtype=torch.float32),
+                torch.empty(1, op.dim), [0.0] * op.dim):
+        with pytest.raises(ValueError, match=rf"out must be a flat tensor of shape \({op.dim},\)"):
+            op.matvec(v, out=bad)
+    with pytest.raises(ValueError, match="out must not be v"):
+        op.matvec(v, out=v)
+    assert op.num_products == 0  # refused before any product
+
+
 def test_dense_refuses_more_than_dense_max_dim_parameters(monkeypatch):
     model, inputs, targets = mlp_problem("tanh")
     op = ModelHVP(model, F.cross_entropy, inputs, targets)
@@ -529,7 +571,7 @@ def test_a_curvature_operator_is_a_loss_a_gradient_and_a_product():
             super().__init__([point], loss, diagonal * point)
             self.diagonal = diagonal
 
-        def _product(self, v):
+        def _product(self, v, out=None):  # ignores out: matvec then copies into it
             return self.diagonal * v
 
     diagonal, point = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 2.0, -2.0])
@@ -537,6 +579,8 @@ def test_a_curvature_operator_is_a_loss_a_gradient_and_a_product():
     assert op.dim == 3 and float(op.loss) == 0.5 * (2 - 4 + 2) and op.num_products == 0
     assert torch.equal(op.dense(), torch.diag(diagonal)) and op.num_products == 3
     assert torch.equal(op @ torch.ones(3), diagonal)
+    buffer = torch.zeros(3)
+    assert op.matvec(torch.ones(3), out=buffer) is buffer and torch.equal(buffer, diagonal)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         op @ torch.ones(4)
     with pytest.raises(TypeError, match="_product"):  # the product is abstract

@@ -114,6 +114,27 @@ def test_a_given_square_of_the_gradient_is_the_first_product_pair():
     assert ours.square_of_grad is square and len(calls) == 2 * (6 - 2)
 
 
+@pytest.mark.parametrize("stop_if_diverging", [False, True])
+def test_products_written_over_the_one_before_the_last_change_nothing(stop_if_diverging):
+    """An ``hvp`` that writes its results into two vectors in turn (as SeriesSFN's does) gives
+    the bits of one that allocates, and ``square_of_grad`` survives the later products."""
+    hvp, grad, _ = random_operator(30, spectrum(30, seed=8), seed=9)
+    buffers, calls = [torch.empty(30, dtype=F64) for _ in range(2)], []
+
+    def reusing_hvp(v):
+        out = buffers[len(calls) % 2]
+        calls.append(1)
+        return out.copy_(hvp(v))
+
+    for scale in (10.0, 0.5):  # converging, diverging
+        case = dict(num_terms=7, scale=scale, damping=1e-2, acceleration_order=2,
+                    stop_if_diverging=stop_if_diverging)
+        theirs = reference.sfn_series(hvp, grad, **case)
+        ours = sfn_series(reusing_hvp, grad, workspace=Workspace(), **case)
+        assert_same_result(ours, theirs)
+        assert all(ours.square_of_grad is not b for b in buffers)
+
+
 def test_a_failed_acceleration_falls_back_to_the_plain_sum_as_before():
     """``h² = V`` for every eigenvalue: ``X = 0``, every term after the first vanishes, the
     partial sums coincide and the ε-table divides 0 by 0."""
