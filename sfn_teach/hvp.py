@@ -80,12 +80,13 @@ def _evaluate(closure, name):
         return _check_differentiable(_check_scalar(closure(), name), name)
 
 
-def flatten(tensors):
-    """Concatenate tensors into one 1-D vector: ``[t₁, t₂, …] ↦ (vec t₁, vec t₂, …)``."""
+def flatten(tensors, out=None):
+    """Concatenate tensors into one 1-D vector: ``[t₁, t₂, …] ↦ (vec t₁, vec t₂, …)``,
+    written into ``out`` if given (a 1-D tensor of the total length)."""
     tensors = list(tensors)
     if not tensors:
         raise ValueError("tensors must be a non-empty sequence of tensors, got an empty one")
-    return torch.cat([t.reshape(-1) for t in tensors])
+    return torch.cat([t.reshape(-1) for t in tensors], out=out)
 
 
 def unflatten(flat, like):
@@ -179,7 +180,7 @@ def _double_backward(grads, params, v, out=None):
     hv = torch.autograd.grad(
         outputs, params, grad_outputs=tangents, retain_graph=True, materialize_grads=True
     )
-    return torch.cat([piece.reshape(-1) for piece in hv], out=out)
+    return flatten(hv, out)
 
 
 def _tangent(dual):
