@@ -199,7 +199,7 @@ class SeriesSFN(CurvatureOptimizer):
 
     def _products(self, operator):
         """``v ↦ Hv`` into two reused vectors in turn (the series reads each product before the
-        next but one): the products of a step allocate no vector of ``n`` numbers."""
+        next but one): a product's pieces are concatenated into one of them, not a new vector."""
         buffers, calls = self._workspace.vectors("products", 2, operator.grad), itertools.count()
         return lambda v: operator.matvec(v, out=buffers[next(calls) % 2])
 

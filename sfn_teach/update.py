@@ -262,8 +262,9 @@ class CurvatureOptimizer(torch.optim.Optimizer, ABC):
 
     **Buffers.** The series, the update and the saved ``θ`` of Levenberg–Marquardt damping work
     in flat vectors that the optimiser allocates once and reuses (a
-    :class:`~sfn_teach.hvp.Workspace`), and so do SeriesSFN's products (two, in turn): a step
-    allocates no vector of ``n`` numbers besides the gradient. They stay allocated between
+    :class:`~sfn_teach.hvp.Workspace`), and so do SeriesSFN's products (two, in turn): of ``n``
+    numbers a step allocates only the gradient and, per product, the per-parameter pieces that
+    autograd returns before they are concatenated. They stay allocated between
     steps: for SeriesSFN with float32 parameters ``4r + 12`` vectors of ``n`` float32 numbers
     (``r ≥ 1``; 13 for ``r = 0``; four fewer in float64, whose moments need no widened copies;
     one more with Levenberg–Marquardt damping), e.g. 20 × 45 MB for ResNet-18 at
